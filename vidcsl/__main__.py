@@ -1,0 +1,5 @@
+import sys
+
+from vidcsl.cli import main
+
+sys.exit(main())

@@ -1,0 +1,48 @@
+"""The ``vidcsl`` command line: one sub-command per job.
+
+Each stage owns its sub-commands in a module exposing ``add_commands(subparsers)``; this file only
+wires them together, importing each lazily so ``vidcsl --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# Modules that register sub-commands, in the order they appear in --help.
+COMMAND_MODULES = (
+    "vidcsl.data.cli",  # data check
+    "vidcsl.train.cli",  # pretrain, supervise, probe, knn
+    "vidcsl.robustness.cli",  # evaluate, nonrobust, study, demo
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vidcsl",
+        description="Contrastive self-supervised learning of image/video encoders and their adversarial robustness.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as err:
+            if err.name == name:  # stage not built yet
+                continue
+            raise
+        module.add_commands(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
