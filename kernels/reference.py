@@ -220,8 +220,9 @@ def pgd_step_reference(
 
     L-inf: ``x + a*sign(g)`` (sign(0) = 0), clipped to the eps-box around ``x0``, then to ``clamp``.
     L2: ``x + a*g/||g||`` per sample (norm over all but dim 0, +1e-10 as torchattacks), then
-    ``delta *= min(1, eps/||delta||)``, then clipped to ``clamp``. NaN gradients propagate (they
-    are the caller's bug, not ours to hide).
+    ``delta *= min(1, eps/||delta||)``, then clipped to ``clamp``. As in torchattacks, a NaN
+    gradient entry leaves its L-inf element unmoved (torch's sign(NaN) is 0) and turns the whole
+    sample NaN under L2 (its norm is NaN).
     """
     xf, gf, x0f = x.float(), grad.float(), x0.float()
     if norm == "linf":
@@ -231,7 +232,7 @@ def pgd_step_reference(
     elif norm == "l2":
         dims = tuple(range(1, x.dim()))
         gnorm = gf.flatten(1).norm(p=2, dim=1).view(-1, *([1] * len(dims))) + 1e-10
-        adv = xf + step_size * gf / gnorm
+        adv = xf + step_size * (gf / gnorm)  # torchattacks' rounding order
         delta = adv - x0f
         dnorm = delta.flatten(1).norm(p=2, dim=1).view(-1, *([1] * len(dims)))
         factor = torch.clamp(eps / dnorm, max=1.0)  # eps/0 = inf -> 1
