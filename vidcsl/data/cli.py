@@ -1,0 +1,84 @@
+"""``vidcsl data check``: scan a video dataset for unreadable or too-short files before training on it."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from collections import Counter
+
+from tqdm import tqdm
+
+from vidcsl.data.layouts import LAYOUTS, read_split
+from vidcsl.data.sampling import ShortVideoError, clip_span, uniform_clips
+from vidcsl.data.video import BACKENDS, VideoReadError, open_video
+
+
+def check_video(path: str, *, backend: str, num_frames: int, stride: int,
+                target_fps: float | None = None) -> dict:
+    """Open ``path`` and decode its centre clip: {"path", "ok", "reason", "frames", "fps", "size"}."""
+    row = {"path": path, "ok": False, "reason": "", "frames": None, "fps": None, "size": None}
+    try:
+        with open_video(path, backend) as reader:
+            row["frames"], row["fps"] = reader.num_frames, reader.fps
+            indices = uniform_clips(reader.num_frames, reader.fps, num_clips=1, num_frames=num_frames,
+                                    stride=stride, target_fps=target_fps)[0]
+            frames = reader.get_frames(indices)
+            row["size"] = (int(frames.shape[1]), int(frames.shape[2]))
+            row["ok"] = True
+    except ShortVideoError as err:
+        row["reason"] = f"short: {err}"
+    except (VideoReadError, IndexError, ValueError) as err:
+        row["reason"] = str(err).removeprefix(f"{path}: ")
+    return row
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows)]
+    fmt = lambda r: "| " + " | ".join(str(x).ljust(w) for x, w in zip(r, widths)) + " |"
+    return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)])
+
+
+def run_check(args: argparse.Namespace) -> int:
+    samples, classes = read_split(args.layout, args.root, split=args.split, fold=args.fold,
+                                  list_file=args.list_file, csv_file=args.csv_file)
+    rows = [check_video(path, backend=args.backend, num_frames=args.num_frames, stride=args.stride,
+                        target_fps=args.target_fps)
+            for path, _ in tqdm(samples, desc=f"checking {args.layout} {args.split}", unit="video")]
+    good = [r for r in rows if r["ok"]]
+    bad = [r for r in rows if not r["ok"]]
+    span = clip_span(args.num_frames, args.stride)
+    print(f"{args.layout} {args.split} (fold {args.fold}): {len(samples)} videos, {len(classes)} classes, "
+          f"{len(good)} readable, {len(bad)} bad (clip = {args.num_frames} frames at stride {args.stride}, "
+          f"{span} source frames{' at source fps' if args.target_fps is None else ''})")
+    if good:
+        fps = [r["fps"] for r in good]
+        frames = [r["frames"] for r in good]
+        sizes = Counter(f"{w}x{h}" for h, w in (r["size"] for r in good))
+        print("\nstatistic | min | median | max\n---|---|---|---")
+        print(f"fps | {min(fps):.2f} | {statistics.median(fps):.2f} | {max(fps):.2f}")
+        print(f"frames | {min(frames)} | {statistics.median(frames):g} | {max(frames)}")
+        print("\nresolution (WxH): " + ", ".join(f"{s} ({n})" for s, n in sizes.most_common(10)))
+    if bad:
+        print("\n" + _table([[r["path"], r["reason"]] for r in bad], ["bad file", "reason"]))
+    return 1 if bad else 0
+
+
+def add_commands(subparsers) -> None:
+    """Register ``data check``."""
+    data = subparsers.add_parser("data", help="inspect video datasets")
+    sub = data.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
+    check = sub.add_parser("check", help="find unreadable or too-short videos; print fps/resolution statistics",
+                           description="Decode the centre clip of every video of a split. Exit code 1 if any "
+                                       "file is bad.")
+    check.add_argument("root", help="dataset root folder")
+    check.add_argument("--layout", required=True, choices=LAYOUTS)
+    check.add_argument("--split", default="train")
+    check.add_argument("--fold", type=int, default=1)
+    check.add_argument("--list-file", default=None, help="list layout: 'path label' file (default root/<split>.txt)")
+    check.add_argument("--csv-file", default=None, help="kinetics layout: CSV (default root/<split>.csv)")
+    check.add_argument("--backend", default="pyav", choices=BACKENDS)
+    check.add_argument("--num-frames", type=int, default=8)
+    check.add_argument("--stride", type=int, default=2)
+    check.add_argument("--target-fps", type=float, default=None)
+    check.set_defaults(func=run_check)
+    data.set_defaults(func=lambda args: data.print_help() or 2)
