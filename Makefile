@@ -28,6 +28,9 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_info_nce.py --small
 	$(BIN)/python benchmarks/bench_pgd.py --small
+	$(BIN)/python benchmarks/bench_loader.py --small
+	$(BIN)/python benchmarks/bench_attack.py --small
+	$(BIN)/python benchmarks/bench_train.py --small
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

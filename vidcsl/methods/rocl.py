@@ -1,0 +1,66 @@
+"""RoCL-style training (Kim et al. 2020): the positives of an image are {x_i, x_j, x_adv(i)}.
+
+``x_adv`` is the instance-wise attack on view ``i`` (``vidcsl.attacks.contrastive.instance_attack``:
+PGD-``steps`` with a random start, maximising NT-Xent of ``x_adv`` against view ``j``). The loss is
+
+    loss = NT-Xent(z_i, z_j) + adv_weight * NT-Xent(z_i, z_adv) + reg_weight * NT-Xent(z_adv, z_j)
+
+Why this combination: RoCL's first term contrasts ``x_i`` with the positive set {x_j, x_adv}; we write
+it as the two pairwise NT-Xents (i, j) + (i, adv), so every term is the fused 2N-way kernel with the
+false-negative options and no 3N x 3N matrix exists. RoCL's second (regularisation) term, (adv, j),
+is exactly the objective the attack maximised, so with it the training minimises what the adversary
+maximised (a proper min-max); ``reg_weight: 0`` gives the two-term form.
+
+RoCL shares one BN for all three inputs (one forward pass over [x_i; x_j; x_adv]); ``dual_bn: true``
+routes ``x_adv`` through auxiliary BN instead, as CLAE and ACL do.
+
+Options (``method.options``): ``eps`` 8/255, ``alpha`` 2/255, ``steps`` 7, ``random_start`` true,
+``adv_weight`` 1.0, ``reg_weight`` 1.0, ``dual_bn`` false, ``attack_mode`` auto, ``attack_fn`` true,
+``norm`` linf.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from vidcsl.attacks.contrastive import instance_attack
+from vidcsl.methods.adversarial import COMMON_DEFAULTS, AdversarialSimCLR
+from vidcsl.methods.base import StepContext, register_method
+
+Tensor = torch.Tensor
+
+
+@register_method("rocl")
+class RoCL(AdversarialSimCLR):
+    option_defaults: ClassVar[dict[str, Any]] = {
+        **COMMON_DEFAULTS, "dual_bn": False, "eps": 8 / 255, "alpha": 2 / 255, "steps": 7, "random_start": True,
+        "adv_weight": 1.0, "reg_weight": 1.0,
+    }
+
+    def make_adversarial(self, x_i: Tensor, x_j: Tensor, labels: Tensor | None, ctx: StepContext) -> Tensor:
+        """``x_adv(i)``: PGD from ``x_i`` up the NT-Xent of ``x_adv`` against view ``j``."""
+        o = self.options
+        with self.adversarial_branch():
+            return instance_attack(self.projector(), x_i, x_j, eps=o["eps"], alpha=o["alpha"], steps=o["steps"],
+                                   temperature=self.cfg.method.temperature, norm=o["norm"],
+                                   random_start=o["random_start"], mode=self.attack_mode(),
+                                   nce_kwargs=self.attack_nce_kwargs(labels, ctx))
+
+    def training_step(self, batch: Any, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        (x_i, x_j), y = self.split_batch(batch)
+        x_adv = self.make_adversarial(x_i, x_j, y, ctx)
+        if self.options["dual_bn"]:
+            z_i, z_j = self.project(torch.cat([x_i, x_j])).chunk(2)
+            z_adv = self.project_adversarial(x_adv)
+        else:
+            z_i, z_j, z_adv = self.project(torch.cat([x_i, x_j, x_adv])).chunk(3)
+        fn = self.cfg.fn
+        loss_clean, clean_logs = self.contrastive_loss(z_i, z_j, y, ctx, fn)
+        loss_adv, adv_logs = self.contrastive_loss(z_i, z_adv, y, ctx, fn)
+        loss_reg, _ = self.contrastive_loss(z_adv, z_j, y, ctx, fn)
+        loss = loss_clean + self.options["adv_weight"] * loss_adv + self.options["reg_weight"] * loss_reg
+        return loss, self.merge_logs(clean_logs, adv_logs, loss_clean=loss_clean.detach(),
+                                     loss_adv=loss_adv.detach(), loss_reg=loss_reg.detach(),
+                                     adv_linf=self.perturbation_size(x_adv, x_i))
