@@ -1,0 +1,86 @@
+"""The report's figures (matplotlib, Agg backend): accuracy vs eps, uniformity histograms,
+per-corruption bars. Each function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+
+def _save(fig, path: str | Path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"plots are written as PNG; got {path}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_accuracy_vs_eps(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: str | Path,
+                         *, title: str = "Robust accuracy vs eps", eps_scale: float = 255.0,
+                         xlabel: str = "eps (x/255)") -> Path:
+    """One line per model: ``curves[name] = (eps values, accuracies)``; eps shown times ``eps_scale``."""
+    if not curves:
+        raise ValueError("plot_accuracy_vs_eps needs at least one curve")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, (eps, acc) in curves.items():
+        if len(eps) != len(acc):
+            raise ValueError(f"curve {name!r}: {len(eps)} eps values but {len(acc)} accuracies")
+        ax.plot([e * eps_scale for e in eps], acc, marker="o", label=name)
+    ax.set(xlabel=xlabel, ylabel="accuracy", title=title, ylim=(0, None))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def pairwise_values(z: torch.Tensor, kind: str = "distance", max_points: int = 1000, seed: int = 0) -> torch.Tensor:
+    """Pairwise distances or cosine similarities (i<j) of a random subset of at most ``max_points`` rows
+    (bounded memory: at most max_points^2/2 values)."""
+    if kind not in ("distance", "similarity"):
+        raise ValueError(f"kind must be 'distance' or 'similarity', got {kind!r}")
+    z = z.detach().float().cpu()
+    if z.shape[0] > max_points:
+        z = z[torch.randperm(z.shape[0], generator=torch.Generator().manual_seed(seed))[:max_points]]
+    if kind == "distance":
+        return torch.pdist(z)
+    zn = torch.nn.functional.normalize(z, dim=1)
+    i, j = torch.triu_indices(len(zn), len(zn), 1)
+    return (zn[i] * zn[j]).sum(1)
+
+
+def plot_uniformity_histogram(embeddings: Mapping[str, torch.Tensor], path: str | Path, *, kind: str = "distance",
+                              bins: int = 50, max_points: int = 1000, title: str | None = None) -> Path:
+    """Overlaid histograms (densities) of pairwise distances / similarities, one per model."""
+    if not embeddings:
+        raise ValueError("plot_uniformity_histogram needs at least one embedding set")
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for name, z in embeddings.items():
+        ax.hist(pairwise_values(z, kind, max_points).numpy(), bins=bins, density=True, alpha=0.5, label=name)
+    ax.set(xlabel=f"pairwise {kind}", ylabel="density", title=title or f"Pairwise {kind}s of embeddings")
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_corruption_bars(results: Mapping[str, Mapping[str, float]], path: str | Path, *,
+                         ylabel: str = "accuracy", title: str = "Accuracy per corruption") -> Path:
+    """Grouped bars: ``results[model][corruption] = value``; corruptions on the x axis."""
+    if not results:
+        raise ValueError("plot_corruption_bars needs at least one model")
+    names = list(dict.fromkeys(c for per in results.values() for c in per))
+    width = 0.8 / len(results)
+    fig, ax = plt.subplots(figsize=(max(5, 0.5 * len(names) * len(results) + 2), 3.8))
+    for k, (model, per) in enumerate(results.items()):
+        xs = [i + k * width - 0.4 + width / 2 for i in range(len(names))]
+        ax.bar(xs, [per.get(c, float("nan")) for c in names], width=width, label=model)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set(ylabel=ylabel, title=title)
+    ax.legend()
+    return _save(fig, path)
