@@ -5,3 +5,9 @@
 Every op has a materialised reference (``kernels.reference``, the specification), a tiled PyTorch
 path (CPU) and a Triton path (CUDA, or CPU under ``TRITON_INTERPRET=1``); ``backend="auto"`` picks.
 """
+
+from kernels.distributed import all_gather_with_grad
+from kernels.info_nce import cross_info_nce, info_nce
+from kernels.pgd import pgd_step
+
+__all__ = ["info_nce", "cross_info_nce", "pgd_step", "all_gather_with_grad"]

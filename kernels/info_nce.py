@@ -1,0 +1,419 @@
+"""Public InfoNCE losses (NT-Xent and cross / CLIP form) over fused, O(N*d)-memory backends.
+
+Both losses reduce to one core, ``nce_rows``: each anchor row ``r`` against a set of keys, with an
+optional self column, one positive and false-negative (FN) detection (labels and/or a per-row cosine
+cut-off). Its semantics are ``kernels.reference.nce_rows_reference``; the fused backends are
+
+* ``"torch"``  -- ``kernels.info_nce_torch``: tiled PyTorch, any device (the CPU path);
+* ``"triton"`` -- ``kernels.info_nce_triton``: Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``);
+* ``"reference"`` -- the materialised specification itself (O(N^2) memory; for tests and comparisons).
+
+The core is registered as the custom ops ``kernels::nce_forward`` / ``kernels::nce_backward`` /
+``kernels::topk_cut`` with fake (meta) implementations and an autograd formula, so the losses work
+under ``torch.compile(fullgraph=True)``. Normalisation stays outside the ops, in plain autograd.
+"""
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from kernels import info_nce_torch
+from kernels.reference import cross_info_nce_reference, info_nce_reference
+
+Tensor = torch.Tensor
+
+FN_MODES = ("eliminate", "attract")
+REDUCTIONS = ("mean", "sum", "none")
+BACKENDS = ("auto", "reference", "torch", "triton")
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+_triton_state: dict = {}  # cached result of importing kernels.info_nce_triton: {"module"} or {"error"}
+
+
+def _triton_module():
+    """The Triton backend module, or None (the import error is kept for the error message)."""
+    if not _triton_state:
+        try:
+            from kernels import info_nce_triton
+
+            _triton_state["module"] = info_nce_triton
+        except Exception as exc:  # triton missing, no driver, or the module not written yet
+            _triton_state["error"] = f"{type(exc).__name__}: {exc}"
+    return _triton_state.get("module")
+
+
+def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The one dispatch rule: ``auto`` = triton for CUDA tensors when it imports, torch otherwise.
+
+    Raises ValueError for an unknown name or a backend that cannot run these tensors.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _triton_module() is not None else "torch"
+    if backend == "triton":
+        if _triton_module() is None:
+            raise ValueError(f"backend='triton' is unavailable: {_triton_state.get('error')}")
+        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+            raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is "
+                             "imported; use backend='torch' (or CUDA tensors)")
+        if dtype == torch.float64:
+            raise ValueError("backend='triton' supports fp32/fp16/bf16 embeddings, not float64")
+    return backend
+
+
+def _module(backend: str, device: torch.device, dtype: torch.dtype):
+    name = resolve_backend(backend, device, dtype)
+    if name == "triton":
+        return _triton_module()
+    if name == "torch":
+        return info_nce_torch
+    raise ValueError(f"backend {backend!r} has no fused core")
+
+
+def _out_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+# ----------------------------------------------------------------------------------------------------
+# Custom ops: the fused core, opaque to autograd and torch.compile.
+
+
+@torch.library.custom_op("kernels::nce_forward", mutates_args=())
+def nce_forward_op(anchors: Tensor, keys: Tensor, inv_temp: Tensor, self_idx: Tensor, pos_idx: Tensor,
+                   labels_a: Tensor | None, labels_k: Tensor | None, cut: Tensor | None, attract: bool,
+                   stat_labels_a: Tensor | None, stat_labels_k: Tensor | None,
+                   backend: str) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-row (loss, lse, stats) of the chosen backend (see the module docstring of info_nce_torch)."""
+    mod = _module(backend, anchors.device, anchors.dtype)
+    return mod.nce_forward(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, attract,
+                           stat_labels_a, stat_labels_k)
+
+
+@nce_forward_op.register_fake
+def _(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, attract, stat_labels_a,
+      stat_labels_k, backend):
+    R, dt = anchors.shape[0], _out_dtype(anchors)
+    return anchors.new_empty(R, dtype=dt), anchors.new_empty(R, dtype=dt), anchors.new_empty(R, 4, dtype=dt)
+
+
+@torch.library.custom_op("kernels::nce_backward", mutates_args=())
+def nce_backward_op(anchors: Tensor, keys: Tensor, inv_temp: Tensor, self_idx: Tensor, pos_idx: Tensor,
+                    labels_a: Tensor | None, labels_k: Tensor | None, cut: Tensor | None, attract: bool,
+                    lse: Tensor, npos: Tensor, grad_loss: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+    """(d_anchors, d_keys) in the compute dtype, recomputed tile by tile by the chosen backend."""
+    mod = _module(backend, anchors.device, anchors.dtype)
+    return mod.nce_backward(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, attract,
+                            lse, npos, grad_loss)
+
+
+@nce_backward_op.register_fake
+def _(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, attract, lse, npos, grad_loss,
+      backend):
+    dt = _out_dtype(anchors)
+    return anchors.new_empty(anchors.shape, dtype=dt), keys.new_empty(keys.shape, dtype=dt)
+
+
+def _setup_context(ctx, inputs, output):
+    anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, attract, _, _, backend = inputs
+    _, lse, stats = output
+    npos = 1.0 + stats[:, 1] if attract else torch.ones_like(lse)
+    ctx.save_for_backward(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, lse, npos)
+    ctx.attract, ctx.backend = attract, backend
+    ctx.mark_non_differentiable(lse, stats)
+
+
+def _backward(ctx, grad_loss, grad_lse, grad_stats):
+    """Anchors / keys from the backend; inv_temp from dL/dt = sum_rj G_rj cos_rj = sum_r <dA_r, A_r> / t."""
+    anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, lse, npos = ctx.saved_tensors
+    if grad_loss is None:
+        grad_loss = torch.zeros_like(lse)
+    d_a, d_k = nce_backward_op(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut,
+                               ctx.attract, lse, npos, grad_loss.to(lse.dtype), ctx.backend)
+    d_t = None
+    if ctx.needs_input_grad[2]:
+        d_t = ((d_a * anchors.to(d_a.dtype)).sum() / inv_temp.to(d_a.dtype)).to(inv_temp.dtype)
+    return (d_a.to(anchors.dtype), d_k.to(keys.dtype), d_t) + (None,) * 9
+
+
+nce_forward_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("kernels::topk_cut", mutates_args=())
+def topk_cut_op(anchors: Tensor, keys: Tensor, self_idx: Tensor, pos_idx: Tensor, k: int,
+                midpoint: bool) -> Tensor:
+    """Per-row top-k cut-off (``info_nce_torch.topk_cut``; tiled torch on every device)."""
+    return info_nce_torch.topk_cut(anchors, keys, self_idx, pos_idx, k, midpoint=midpoint)
+
+
+@topk_cut_op.register_fake
+def _(anchors, keys, self_idx, pos_idx, k, midpoint):
+    return anchors.new_empty(anchors.shape[0], dtype=_out_dtype(anchors))
+
+
+# ----------------------------------------------------------------------------------------------------
+# The core with autograd, and the two public losses.
+
+
+def nce_rows(anchors: Tensor, keys: Tensor, inv_temp: Tensor, self_idx: Tensor, pos_idx: Tensor, *,
+             labels_a: Tensor | None = None, labels_k: Tensor | None = None, cut: Tensor | None = None,
+             attract: bool = False, stat_labels_a: Tensor | None = None, stat_labels_k: Tensor | None = None,
+             backend: str = "auto") -> tuple[Tensor, dict[str, Tensor]]:
+    """Fused ``nce_rows_reference``: per-row loss (differentiable in anchors, keys, inv_temp) and stats.
+
+    Inputs are taken as they are (no normalisation, little validation): the losses below are the checked
+    entry points. ``backend`` is a fused one (``auto``/``torch``/``triton``).
+    """
+    loss, _, stats = nce_forward_op(anchors.contiguous(), keys.contiguous(), inv_temp, self_idx, pos_idx,
+                                    labels_a, labels_k, cut, attract, stat_labels_a, stat_labels_k, backend)
+    out = {"pos_top1": stats[:, 0].float(), "fn_found": stats[:, 1].float()}
+    if stat_labels_a is not None:
+        out["fn_correct"] = stats[:, 2].float()
+        out["fn_possible"] = stats[:, 3].float()
+    return loss, out
+
+
+def _similarity_cut(anchors, keys, self_idx, pos_idx, fn_threshold, fn_topk) -> Tensor | None:
+    """One per-row cut-off for both similarity detectors (a negative must pass both, as in the reference).
+
+    The top-k cut sits midway between the k-th and (k+1)-th negative cosine: the same k are selected,
+    and last-bit differences between this pass and the kernel's own cosines cannot flip the boundary.
+    """
+    cut = None
+    if fn_topk is not None:
+        cut = topk_cut_op(anchors.detach(), keys.detach(), self_idx, pos_idx, fn_topk, True)
+    if fn_threshold is not None:
+        t = torch.full((anchors.shape[0],), float(fn_threshold), device=anchors.device,
+                       dtype=_out_dtype(anchors))
+        cut = t if cut is None else torch.maximum(cut, t)
+    return cut
+
+
+def _inv_temp(temperature, like: Tensor) -> Tensor:
+    """1/temperature as a 0-dim tensor in the compute dtype, keeping the graph of a learnable temperature."""
+    dt = _out_dtype(like)
+    if isinstance(temperature, Tensor):
+        return 1.0 / temperature.to(device=like.device, dtype=dt).reshape(())
+    return torch.tensor(1.0 / float(temperature), dtype=dt, device=like.device)
+
+
+def _reduce(rows: Tensor, reduction: str) -> Tensor:
+    if reduction == "mean":
+        return rows.mean()
+    if reduction == "sum":
+        return rows.sum()
+    return rows
+
+
+def _stats_out(stats: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().float() for k, v in stats.items()}
+
+
+# ----------------------------------------------------------------------------------------------------
+# Validation: every bad input is a ValueError that names the argument.
+
+
+def _check_embeddings(named: dict[str, Tensor]) -> None:
+    first_name, first = next(iter(named.items()))
+    for name, z in named.items():
+        if not isinstance(z, Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(z).__name__}")
+        if z.dim() != 2:
+            raise ValueError(f"{name} must be 2-D (rows, dim), got shape {tuple(z.shape)}")
+        if z.dtype not in _FLOAT_DTYPES:
+            raise ValueError(f"{name} must be float16/bfloat16/float32/float64, got {z.dtype}")
+        if z.dtype != first.dtype:
+            raise ValueError(f"{name} has dtype {z.dtype} but {first_name} has {first.dtype}")
+        if z.device != first.device:
+            raise ValueError(f"{name} is on {z.device} but {first_name} is on {first.device}")
+        if z.shape[1] != first.shape[1]:
+            raise ValueError(f"{name} has dim {z.shape[1]} but {first_name} has {first.shape[1]}")
+        if z.shape[1] == 0:
+            raise ValueError(f"{name} has embedding dim 0")
+        if not torch.compiler.is_compiling() and not bool(torch.isfinite(z).all()):
+            raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+
+
+def _check_labels(name: str, labels: Tensor | None, n: int, device: torch.device) -> Tensor | None:
+    if labels is None:
+        return None
+    if not isinstance(labels, Tensor):
+        raise ValueError(f"{name} must be a tensor of integer class ids, got {type(labels).__name__}")
+    if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
+        raise ValueError(f"{name} must have an integer dtype, got {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},), got {tuple(labels.shape)}")
+    return labels.to(device=device, dtype=torch.int64)
+
+
+def _check_options(temperature, fn_threshold, fn_topk, fn_mode, reduction, backend) -> None:
+    if fn_mode not in FN_MODES:
+        raise ValueError(f"fn_mode must be one of {FN_MODES}, got {fn_mode!r}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if isinstance(temperature, Tensor):
+        if temperature.numel() != 1 or not temperature.dtype.is_floating_point:
+            raise ValueError(f"temperature tensor must be a single float, got shape {tuple(temperature.shape)} "
+                             f"and dtype {temperature.dtype}")
+        if not torch.compiler.is_compiling() and not bool((temperature > 0).all()):
+            raise ValueError(f"temperature must be > 0, got {float(temperature)}")
+    elif isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        raise ValueError(f"temperature must be a positive float or tensor, got {type(temperature).__name__}")
+    elif not temperature > 0 or temperature == float("inf"):
+        raise ValueError(f"temperature must be a finite value > 0, got {temperature}")
+    if fn_topk is not None and (isinstance(fn_topk, bool) or not isinstance(fn_topk, int) or fn_topk < 1):
+        raise ValueError(f"fn_topk must be an integer >= 1, got {fn_topk!r}")
+    if fn_threshold is not None:
+        if isinstance(fn_threshold, bool) or not isinstance(fn_threshold, (int, float)):
+            raise ValueError(f"fn_threshold must be a float cosine cut-off, got {type(fn_threshold).__name__}")
+        if fn_threshold != fn_threshold or abs(fn_threshold) == float("inf"):
+            raise ValueError(f"fn_threshold must be finite, got {fn_threshold}")
+
+
+def _check_pair(name_a: str, a, name_b: str, b) -> None:
+    if (a is None) != (b is None):
+        raise ValueError(f"{name_a} and {name_b} must be given together (or neither)")
+
+
+def _prepare(z: Tensor, normalize: bool) -> Tensor:
+    """L2-normalise in fp32 (fp64 for fp64) and return in the input dtype (plain autograd, outside the op)."""
+    if normalize:
+        z = F.normalize(z.to(_out_dtype(z)), dim=1).to(z.dtype)
+    return z.contiguous()
+
+
+def info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.1, *, labels: Tensor | None = None,
+             fn_threshold: float | None = None, fn_topk: int | None = None, fn_mode: str = "eliminate",
+             normalize: bool = True, reduction: str = "mean", row_offset: int = 0, num_rows: int | None = None,
+             return_stats: bool = False, stat_labels: Tensor | None = None, backend: str = "auto"):
+    r"""NT-Xent (SimCLR) over the 2N views ``Z = [z1; z2]``, without ever forming the 2N x 2N matrix.
+
+    With ``S = Z Z^T / temperature`` (rows of Z L2-normalised when ``normalize``), anchor ``i`` has the
+    positive ``p(i) = (i + N) mod 2N``, denominator set ``D(i) = {j != i}`` and positive set ``P(i) = {p(i)}``:
+
+        loss_i = log sum_{j in D(i)} exp S[i, j]  -  (1/|P(i)|) sum_{p in P(i)} S[i, p]
+
+    False negatives (FN) of anchor ``i`` are negatives ``j`` with ``labels[i] == labels[j]`` (oracle) or
+    ``cos(z_i, z_j) > cut_i`` where ``cut_i`` comes from ``fn_threshold`` and/or ``fn_topk`` (the k most
+    similar negatives; with both, a negative must pass both). ``fn_mode="eliminate"`` removes them from
+    ``D(i)``; ``"attract"`` adds them to ``P(i)``. A row with every negative removed has loss 0.
+
+    ``row_offset``/``num_rows`` select the local anchors (rows ``row_offset..+num_rows`` of each view) of
+    a gathered global batch, for DDP (see ``kernels.distributed``): the shard means weighted by their
+    share of rows add up to the global mean. ``reduction="none"`` returns the per-row losses, view 1
+    rows then view 2 rows. ``temperature`` may be a tensor requiring grad (learnable, CLIP-style).
+    With ``return_stats`` returns ``(loss, stats)``: per-row ``pos_top1``, ``fn_found`` and, given
+    ``stat_labels``, ``fn_correct`` / ``fn_possible`` (detector precision = sum correct / sum found,
+    recall = sum correct / sum possible).
+
+    Example::
+
+        z1, z2 = model(x1), model(x2)                      # (N, d) each
+        loss = info_nce(z1, z2, temperature=0.2)
+        loss, st = info_nce(z1, z2, fn_topk=2, fn_mode="attract", return_stats=True)
+        loss.backward()
+    """
+    _check_embeddings({"z1": z1, "z2": z2})
+    if z1.shape != z2.shape:
+        raise ValueError(f"z1 and z2 must have the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    n = z1.shape[0]
+    if n < 2:
+        raise ValueError(f"info_nce needs a batch of N >= 2 pairs, got N = {n}")
+    _check_options(temperature, fn_threshold, fn_topk, fn_mode, reduction, backend)
+    if isinstance(row_offset, bool) or not isinstance(row_offset, int) or not 0 <= row_offset < n:
+        raise ValueError(f"row_offset must be an integer in [0, {n}), got {row_offset!r}")
+    rows = n - row_offset if num_rows is None else num_rows
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1 or row_offset + rows > n:
+        raise ValueError(f"num_rows must be an integer in [1, {n - row_offset}] for row_offset={row_offset}, "
+                         f"got {num_rows!r}")
+    labels = _check_labels("labels", labels, n, z1.device)
+    stat_labels = _check_labels("stat_labels", stat_labels, n, z1.device)
+    if backend == "reference":
+        loss, stats = info_nce_reference(
+            z1, z2, temperature, labels=labels, fn_threshold=fn_threshold, fn_topk=fn_topk, fn_mode=fn_mode,
+            normalize=normalize, reduction=reduction, row_offset=row_offset, num_rows=num_rows,
+            stat_labels=stat_labels)
+        return (loss, _stats_out(stats)) if return_stats else loss
+    if not torch.compiler.is_compiling():  # resolve now for an early, clear error; the op re-resolves
+        backend = resolve_backend(backend, z1.device, z1.dtype)
+
+    Z = torch.cat([_prepare(z1, normalize), _prepare(z2, normalize)])
+    local = torch.arange(row_offset, row_offset + rows, device=Z.device)
+    idx = torch.cat([local, local + n])
+    pos = (idx + n) % (2 * n)
+    anchors = Z if rows == n else Z[idx]
+    both = lambda t: None if t is None else torch.cat([t, t])  # noqa: E731
+    labels_k, stat_k = both(labels), both(stat_labels)
+    cut = _similarity_cut(anchors, Z, idx, pos, fn_threshold, fn_topk)
+    loss, stats = nce_rows(
+        anchors, Z, _inv_temp(temperature, Z), idx, pos,
+        labels_a=None if labels_k is None else labels_k[idx], labels_k=labels_k, cut=cut,
+        attract=fn_mode == "attract", stat_labels_a=None if stat_k is None else stat_k[idx],
+        stat_labels_k=stat_k, backend=backend)
+    loss = _reduce(loss, reduction)
+    return (loss, _stats_out(stats)) if return_stats else loss
+
+
+def cross_info_nce(q: Tensor, k: Tensor, temperature: float | Tensor = 0.1, *, symmetric: bool = False,
+                   labels_q: Tensor | None = None, labels_k: Tensor | None = None,
+                   fn_threshold: float | None = None, fn_topk: int | None = None, fn_mode: str = "eliminate",
+                   normalize: bool = True, reduction: str = "mean", return_stats: bool = False,
+                   stat_labels_q: Tensor | None = None, stat_labels_k: Tensor | None = None,
+                   backend: str = "auto"):
+    r"""Cross InfoNCE (MoCo / CLIP): query ``q[i]`` (N, d) against keys ``k`` (M >= N, d), positive ``k[i]``.
+
+    ``S = q k^T / temperature``; ``loss_i = log sum_{j in D(i)} exp S[i, j] - mean_{p in P(i)} S[i, p]``
+    with ``D(i)`` all M keys (rows ``N..M`` of ``k`` are e.g. a MoCo queue) minus eliminated false
+    negatives; FN detection and ``fn_mode`` as in ``info_nce`` (``labels_q``/``labels_k`` for the oracle).
+    ``symmetric`` (CLIP) adds the ``k[:N] -> q`` direction: per-row losses are the q->k rows followed by
+    the k->q rows and ``mean`` averages both directions. ``return_stats`` as in ``info_nce``.
+
+    Example::
+
+        loss = cross_info_nce(q, torch.cat([k, queue]), temperature=0.07)         # MoCo
+        loss = cross_info_nce(img, txt, temperature=logit_t, symmetric=True)      # CLIP, learnable t
+    """
+    _check_embeddings({"q": q, "k": k})
+    n, m = q.shape[0], k.shape[0]
+    if n < 2:
+        raise ValueError(f"cross_info_nce needs N >= 2 queries, got N = {n}")
+    if m < n:
+        raise ValueError(f"k must hold at least as many rows as q (row i of k is q[i]'s positive), "
+                         f"got {m} keys for {n} queries")
+    _check_options(temperature, fn_threshold, fn_topk, fn_mode, reduction, backend)
+    _check_pair("labels_q", labels_q, "labels_k", labels_k)
+    _check_pair("stat_labels_q", stat_labels_q, "stat_labels_k", stat_labels_k)
+    labels_q = _check_labels("labels_q", labels_q, n, q.device)
+    labels_k = _check_labels("labels_k", labels_k, m, q.device)
+    stat_labels_q = _check_labels("stat_labels_q", stat_labels_q, n, q.device)
+    stat_labels_k = _check_labels("stat_labels_k", stat_labels_k, m, q.device)
+    if backend == "reference":
+        loss, stats = cross_info_nce_reference(
+            q, k, temperature, symmetric=symmetric, labels_q=labels_q, labels_k=labels_k,
+            fn_threshold=fn_threshold, fn_topk=fn_topk, fn_mode=fn_mode, normalize=normalize,
+            reduction=reduction, stat_labels_q=stat_labels_q, stat_labels_k=stat_labels_k)
+        return (loss, _stats_out(stats)) if return_stats else loss
+    if not torch.compiler.is_compiling():
+        backend = resolve_backend(backend, q.device, q.dtype)
+
+    q, k = _prepare(q, normalize), _prepare(k, normalize)
+    inv_temp = _inv_temp(temperature, q)
+    ar = torch.arange(n, device=q.device)
+    no_self = torch.full_like(ar, -1)
+
+    def direction(a, keys, la, lk, sa, sk):
+        cut = _similarity_cut(a, keys, no_self, ar, fn_threshold, fn_topk)
+        return nce_rows(a, keys, inv_temp, no_self, ar, labels_a=la, labels_k=lk, cut=cut,
+                        attract=fn_mode == "attract", stat_labels_a=sa, stat_labels_k=sk, backend=backend)
+
+    loss, stats = direction(q, k, labels_q, labels_k, stat_labels_q, stat_labels_k)
+    if symmetric:
+        first = lambda t: None if t is None else t[:n]  # noqa: E731
+        loss2, stats2 = direction(k[:n], q, first(labels_k), labels_q, first(stat_labels_k), stat_labels_q)
+        loss = torch.cat([loss, loss2])
+        stats = {key: torch.cat([stats[key], stats2[key]]) for key in stats}
+    loss = _reduce(loss, reduction)
+    return (loss, _stats_out(stats)) if return_stats else loss
