@@ -1,0 +1,100 @@
+"""The trainer: exact resume after a real SIGTERM, non-finite loss, bad samples, safe checkpoint loading."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+
+import pytest
+import torch
+
+from vidcsl.methods.base import register_method
+from vidcsl.methods.simclr import SimCLR
+from vidcsl.train.checkpoint import load_checkpoint, save_checkpoint
+from vidcsl.train.trainer import NonFiniteLossError, RunPreempted, Trainer
+
+
+@register_method("test_sigterm_simclr")
+class SigtermAtStep4(SimCLR):
+    """SimCLR that sends itself SIGTERM during its 4th optimiser step (as a cluster preemption would)."""
+
+    def training_step(self, batch, ctx):
+        if ctx.global_step == 3:
+            signal.raise_signal(signal.SIGTERM)
+        return super().training_step(batch, ctx)
+
+
+@register_method("test_nan_simclr")
+class NanAtStep4(SimCLR):
+    def training_step(self, batch, ctx):
+        loss, logs = super().training_step(batch, ctx)
+        return (loss * float("nan") if ctx.global_step == 3 else loss), logs
+
+
+def run(kit, tmp_path, name, method="simclr", resume=False, data=None, **train):
+    cfg = kit.cfg(method={"name": method}, train={"epochs": 2, "batch_size": 16, "ckpt_every": 0,
+                                                  "knn_every": -1, "log_every": 1, **train},
+                  optim={"name": "sgd", "lr": 0.1, "warmup_epochs": 0.5})
+    return Trainer(cfg, run_dir=tmp_path / name, resume=resume, data=data or kit.bundle(),
+                   encoder=kit.TinyEncoder()).fit()
+
+
+def test_resume_after_sigterm_reproduces_uninterrupted_weights(kit, tmp_path):
+    full = run(kit, tmp_path, "full")
+    assert full.metrics["global_step"] == 6  # 48 samples / 16 = 3 steps x 2 epochs
+    with pytest.raises(RunPreempted, match="resume"):
+        run(kit, tmp_path, "cut", method="test_sigterm_simclr")
+    state = load_checkpoint(tmp_path / "cut")
+    assert state["progress"] == {"epoch": 1, "step_in_epoch": 1, "global_step": 4}  # saved at the step boundary
+    with pytest.raises(ValueError, match="--resume"):
+        run(kit, tmp_path, "cut")  # an existing run is never silently overwritten
+    resumed = run(kit, tmp_path, "cut", resume=True)
+    assert resumed.metrics["global_step"] == 6
+    a, b = full.method.state_dict(), resumed.method.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    # the interrupted run really diverged from a fresh start: resuming is not a no-op
+    assert not torch.equal(state["model"]["encoder.fc.weight"], a["encoder.fc.weight"])
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(kit, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss.*step 3.*last.pt"):
+        run(kit, tmp_path, "nan", method="test_nan_simclr", ckpt_every=1)
+    state = load_checkpoint(tmp_path / "nan")
+    assert state["progress"]["global_step"] == 3
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_bad_samples_are_counted_and_empty_batches_skipped(kit, tmp_path):
+    # with shuffling off we cannot pick batches, so make every sample of the set bad except a few
+    data = kit.bundle(n=48, bad=tuple(range(0, 48, 3)))  # 16 bad samples
+    result = run(kit, tmp_path, "bad", data=data, epochs=1)
+    assert result.metrics["bad_samples"] == 16
+    all_bad = kit.bundle(n=48, bad=tuple(range(48)))
+    result = run(kit, tmp_path, "allbad", data=all_bad, epochs=1)
+    assert result.metrics["skipped_batches"] == 3 and result.metrics["bad_samples"] == 48
+    metrics = json.loads((tmp_path / "allbad" / "metrics.json").read_text())
+    assert metrics["skipped_batches"] == 3
+
+
+def test_checkpoint_with_pickled_object_is_refused(tmp_path):
+    save_checkpoint(tmp_path / "ok.pt", {"model": {"w": torch.ones(2)}, "step": 3, "cfg": {"a": [1, "b"]}})
+    assert load_checkpoint(tmp_path / "ok.pt")["step"] == 3
+    torch.save({"model": {}, "payload": argparse.Namespace(cmd="rm -rf /")}, tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="refusing to unpickle.*weights_only"):
+        load_checkpoint(tmp_path / "evil.pt")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_run_folder_contents_and_weights_only_checkpoint(kit, tmp_path):
+    result = run(kit, tmp_path, "files", epochs=1, knn_every=0, knn_k=5)
+    folder = tmp_path / "files"
+    for name in ("config.yaml", "metrics.csv", "metrics.json", "checkpoints/last.pt"):
+        assert (folder / name).is_file(), name
+    raw = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
+    assert raw["config"]["method"]["name"] == "simclr" and "torch" in raw["rng"]
+    assert 0.0 <= result.metrics["knn_val_acc"] <= 1.0
+    assert "train/loss" in (folder / "metrics.csv").read_text()

@@ -1,0 +1,376 @@
+"""Typed experiment configuration: dataclass schemas, YAML loading, dotted ``key=value`` overrides.
+
+Every mistake a config can hold (an unknown key, a wrong type, a bad choice, a missing dataset path)
+fails here, before any model or dataset is built, with a message naming the key or the path.
+
+    cfg = load_config("configs/digits_simclr.yaml", ["optim.lr=0.3", "train.epochs=2"])
+
+A YAML file may start from another with ``base: other.yaml`` (relative to the file); its keys are
+merged section by section, the including file winning.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from vidcsl.methods.false_negatives import FalseNegativeConfig
+
+IMAGE_KINDS = ("embedded_digits", "cifar10", "cifar100", "image_folder")
+VIDEO_KINDS = ("embedded_video", "ucf101", "hmdb51", "kinetics", "video_list", "video_folder")
+DATASET_KINDS = IMAGE_KINDS + VIDEO_KINDS
+
+
+def choices(*options: str, default: str) -> Any:
+    """A string field restricted to ``options`` (checked by :func:`validate_config`)."""
+    return field(default=default, metadata={"choices": options})
+
+
+@dataclass
+class DataConfig:
+    """Which dataset, where it lives, and how samples are cut (clips) and augmented."""
+
+    kind: str = choices(*DATASET_KINDS, default="embedded_digits")
+    root: str | None = None  # dataset folder (videos / CIFAR batches / image folder)
+    cache_dir: str | None = None  # embedded datasets: where to cache the generated data
+    fold: int = 1  # UCF101 / HMDB51 split number (1-3)
+    annotations: str | None = None  # UCF101 / HMDB51 split-file folder (default: root)
+    train_list: str | None = None  # video_list: "path label" files, kinetics: CSV files
+    val_list: str | None = None
+    test_list: str | None = None
+    val_fraction: float = 0.1  # held out of train when the dataset has no validation split
+    image_size: int = 32
+    aug_strength: float = 1.0  # colour-jitter strength of the contrastive augmentations
+    crop_scale: list[float] | None = None  # random-resized-crop area range (default: the transform's own)
+    supervised_augment: str = choices("standard", "contrastive", default="standard")  # SL: crop+flip or SimCLR's
+    num_frames: int = 8
+    stride: int = 2
+    target_fps: float | None = None
+    clip_sampler: str = choices("random", "uniform", "two_clip", default="two_clip")
+    max_gap_s: float | None = None  # two_clip: largest time between the two clips
+    same_time: bool = False  # two_clip: same time, different augmentation
+    eval_clips: int = 1  # uniform clips per video at evaluation (embeddings averaged)
+    eval_crops: int = 1
+    video_backend: str = choices("auto", "decord", "pyav", default="auto")
+    limit_train: int | None = None  # keep only the first N training samples (quick runs)
+    limit_eval: int | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class ModelConfig:
+    """Backbone (``vidcsl.models.registry`` name) and projection head."""
+
+    encoder: str = "small_cnn"
+    encoder_kwargs: dict[str, Any] = field(default_factory=dict)
+    proj_hidden_dim: int = 512
+    proj_out_dim: int = 128
+    proj_layers: int = 2
+    proj_batch_norm: bool = True
+
+
+@dataclass
+class MethodConfig:
+    """Training objective. ``options`` carries extra settings of methods added later (e.g. attacks)."""
+
+    name: str = "simclr"
+    temperature: float = 0.1
+    loss_backend: str = choices("auto", "torch", "triton", "reference", default="auto")
+    moco_momentum: float = 0.99
+    moco_queue_size: int = 4096
+    moco_symmetric: bool = False  # MoCo: also swap the two views (2x loss terms)
+    supervised_two_views: bool = False  # supervised: cross-entropy on both augmented views
+    label_smoothing: float = 0.0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    """Optimiser and per-step schedule (linear warm-up, then cosine to ``min_lr``)."""
+
+    name: str = choices("sgd", "lars", "adamw", default="sgd")
+    lr: float = 0.1
+    lr_scaling: str = choices("none", "linear", "sqrt", default="none")  # scale lr by batch_size / 256
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    lars_eta: float = 0.001  # LARS trust coefficient
+    exclude_bias_norm: bool = True  # no weight decay / LARS adaptation for biases and norm layers
+    schedule: str = choices("cosine", "constant", default="cosine")
+    warmup_epochs: float = 0.0
+    min_lr: float = 0.0
+    grad_clip: float | None = None
+
+
+@dataclass
+class TrainConfig:
+    """The loop: length, batch (global, per optimiser step), precision, logging and checkpoints."""
+
+    name: str | None = None  # run folder name (default: config file stem)
+    runs_dir: str = "runs"
+    epochs: int = 10
+    max_steps: int | None = None  # stop after this many optimiser steps (quick runs, tests)
+    batch_size: int = 256  # global: split over processes and accumulation steps
+    accumulate: int = 1
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    precision: str = choices("auto", "bf16", "fp16", "fp32", default="auto")
+    channels_last: bool = True  # CUDA only
+    sync_bn: bool = False  # DDP on CUDA: BatchNorm statistics over the global batch
+    log_every: int = 10
+    ckpt_every: int = 500  # optimiser steps; 0 = only at the end / on preemption
+    knn_every: int = 0  # epochs; 0 = only at the end (-1 = never)
+    knn_k: int = 200
+    knn_temperature: float = 0.07
+    tensorboard: bool = True
+    progress: bool = True
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probe on frozen features, selected on the validation split."""
+
+    epochs: int = 50
+    optimizer: str = choices("sgd", "adam", default="sgd")
+    lr: float = 0.1
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    batch_size: int = 256
+    cached: bool = True  # features computed once (else live, with training augmentation)
+    seed: int = 0
+
+
+@dataclass
+class Config:
+    """A whole experiment."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    fn: FalseNegativeConfig = field(default_factory=FalseNegativeConfig)
+    probe: ProbeConfig = field(default_factory=ProbeConfig)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str, ...] = (),
+                *, check_paths: bool = True) -> Config:
+    """Read ``path`` (YAML; ``None`` = defaults), apply ``overrides``, validate; raises ValueError."""
+    raw: dict[str, Any] = {} if path is None else read_yaml_with_base(Path(path))
+    raw = apply_overrides(raw, overrides)
+    cfg = config_from_dict(raw)
+    if path is not None and cfg.train.name is None:
+        cfg.train.name = Path(path).stem
+    validate_config(cfg, check_paths=check_paths)
+    return cfg
+
+
+def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping, merging it over its ``base:`` file if it names one."""
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist")
+    if path.resolve() in _seen:
+        raise ValueError(f"config file {str(path)!r} includes itself through 'base'")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    parent = read_yaml_with_base(path.parent / base, _seen + (path.resolve(),))
+    return deep_merge(parent, raw)
+
+
+def deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """Apply ``section.key=value`` strings; the value is parsed by ``yaml.safe_load`` (``1e-3``, ``[1,2]``)."""
+    raw = deep_merge({}, raw)
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} must look like 'section.key=value'")
+        key, text = item.split("=", 1)
+        try:
+            value = yaml.safe_load(text) if text != "" else None
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ValueError(f"override {item!r}: config key {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from nested dicts, checking every key and type."""
+    return _build(Config, raw, "")
+
+
+def config_to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (primitives only): what checkpoints and ``config.yaml`` store."""
+    return dataclasses.asdict(cfg)
+
+
+def save_config(cfg: Config, path: str | os.PathLike) -> None:
+    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+
+
+def _build(cls: type, raw: Any, prefix: str) -> Any:
+    where = prefix.rstrip(".") or "the config"
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"config key '{where}' must be a mapping, got {type(raw).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in raw.items():
+        full = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), list(fields), n=1)
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
+            raise ValueError(f"config key '{full}' is unknown{hint}")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value, full + ".")
+        else:
+            kwargs[key] = _check_type(value, tp, full)
+    return cls(**kwargs)
+
+
+def _check_type(value: Any, tp: Any, key: str) -> Any:
+    """Return ``value`` (ints widened to float where a float is expected) or raise naming ``key``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, key)
+            except ValueError:
+                pass
+        raise ValueError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"config key '{key}' expects a list, got {value!r}")
+        return [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ValueError(f"config key '{key}' expects a mapping, got {value!r}")
+        return dict(value)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # PyYAML reads "1e-4" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    raise ValueError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+
+
+def _type_name(tp: Any) -> str:
+    args = typing.get_args(tp)
+    if args and typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in args)
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp))
+
+
+# --------------------------------------------------------------------------- semantic checks
+
+
+def validate_config(cfg: Config, *, check_paths: bool = True) -> None:
+    """Choices, ranges and dataset paths; raises ValueError naming the key or the path."""
+    for section in ("data", "model", "method", "optim", "train", "probe"):
+        obj = getattr(cfg, section)
+        for f in dataclasses.fields(obj):
+            allowed = f.metadata.get("choices")
+            if allowed and getattr(obj, f.name) not in allowed:
+                raise ValueError(f"config key '{section}.{f.name}' must be one of {allowed}, "
+                                 f"got {getattr(obj, f.name)!r}")
+    cfg.fn.validate("fn")
+    positive = {"train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
+                "train.accumulate": cfg.train.accumulate, "train.log_every": cfg.train.log_every,
+                "train.knn_k": cfg.train.knn_k, "data.image_size": cfg.data.image_size,
+                "data.num_frames": cfg.data.num_frames, "data.stride": cfg.data.stride,
+                "data.eval_clips": cfg.data.eval_clips, "data.eval_crops": cfg.data.eval_crops,
+                "model.proj_out_dim": cfg.model.proj_out_dim, "model.proj_layers": cfg.model.proj_layers,
+                "method.moco_queue_size": cfg.method.moco_queue_size, "probe.epochs": cfg.probe.epochs,
+                "probe.batch_size": cfg.probe.batch_size}
+    for key, value in positive.items():
+        if value < 1:
+            raise ValueError(f"config key '{key}' must be >= 1, got {value}")
+    for key, value in {"method.temperature": cfg.method.temperature, "optim.lr": cfg.optim.lr,
+                       "train.knn_temperature": cfg.train.knn_temperature, "probe.lr": cfg.probe.lr}.items():
+        if not value > 0:
+            raise ValueError(f"config key '{key}' must be > 0, got {value}")
+    if not 0.0 <= cfg.method.moco_momentum < 1.0:
+        raise ValueError(f"config key 'method.moco_momentum' must lie in [0, 1), got {cfg.method.moco_momentum}")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ValueError(f"config key 'data.val_fraction' must lie in (0, 1), got {cfg.data.val_fraction}")
+    if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
+        raise ValueError(f"config key 'train.max_steps' must be >= 1, got {cfg.train.max_steps}")
+    if cfg.train.ckpt_every < 0:
+        raise ValueError(f"config key 'train.ckpt_every' must be >= 0, got {cfg.train.ckpt_every}")
+    if cfg.data.crop_scale is not None and not (len(cfg.data.crop_scale) == 2
+                                                 and 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1):
+        raise ValueError(f"config key 'data.crop_scale' must be [low, high] with 0 < low <= high <= 1, "
+                         f"got {cfg.data.crop_scale}")
+    if len(cfg.optim.betas) != 2:
+        raise ValueError(f"config key 'optim.betas' must hold two numbers, got {cfg.optim.betas}")
+    if check_paths:
+        check_data_paths(cfg.data)
+
+
+def check_data_paths(data: DataConfig) -> None:
+    """The dataset files a config names must exist (embedded datasets need none)."""
+    if data.kind.startswith("embedded_"):
+        return
+    needs_root = data.kind not in ("video_list", "kinetics")
+    if needs_root and not data.root:
+        raise ValueError(f"config key 'data.root' is required for data.kind={data.kind!r}")
+    named = {"data.root": data.root, "data.annotations": data.annotations, "data.train_list": data.train_list,
+             "data.val_list": data.val_list, "data.test_list": data.test_list}
+    if data.kind in ("video_list", "kinetics") and not data.train_list:
+        raise ValueError(f"config key 'data.train_list' is required for data.kind={data.kind!r}")
+    for key, path in named.items():
+        if path and not os.path.exists(os.path.expanduser(path)):
+            raise ValueError(f"dataset path {path!r} (config key '{key}') does not exist")

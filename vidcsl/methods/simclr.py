@@ -1,0 +1,50 @@
+"""SimCLR (NT-Xent over two augmented views); with a false-negative config it is "SimCLR+FN" (SPEC §2).
+
+The contrastive loss is public (:meth:`SimCLR.contrastive_loss`) so adversarial variants reuse it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from vidcsl.methods.base import Method, StepContext, projection_head, register_method
+from vidcsl.methods.false_negatives import FalseNegativeConfig, fn_logs, fn_loss_kwargs
+from vidcsl.methods.losses import nt_xent
+
+Tensor = torch.Tensor
+
+
+@register_method("simclr")
+class SimCLR(Method):
+    views = 2
+
+    def __init__(self, cfg: Any, encoder: torch.nn.Module, num_classes: int):
+        super().__init__(cfg, encoder, num_classes)
+        self.head = projection_head(cfg, encoder.feature_dim)
+
+    def project(self, x: Tensor) -> Tensor:
+        """Projection-head output (not normalised; the loss normalises)."""
+        return self.head(self.encoder(x))
+
+    def contrastive_loss(self, z1: Tensor, z2: Tensor, y: Tensor | None, ctx: StepContext,
+                         fn: FalseNegativeConfig | None = None, **extra: Any) -> tuple[Tensor, dict[str, float]]:
+        """NT-Xent of the local rows against the (all-gathered) global batch, with the FN options of ``fn``.
+
+        ``y`` (class labels, if any) drive the oracle detector and the detector's precision / recall logs.
+        ``extra`` keyword arguments go to the loss unchanged (e.g. ``labels`` + ``fn_mode`` for SupCon).
+        """
+        n = z1.shape[0]
+        g1, g2 = ctx.gather(z1.float()), ctx.gather(z2.float())
+        glabels = None if y is None else ctx.gather_nograd(y)
+        kw = fn_loss_kwargs(fn, ctx.epoch, glabels) if fn is not None else {}
+        kw.update(extra)
+        loss, stats = nt_xent(g1, g2, self.cfg.method.temperature, backend=self.cfg.method.loss_backend,
+                              row_offset=ctx.rank * n, num_rows=n, stat_labels=glabels, **kw)
+        return loss, fn_logs(stats)
+
+    def training_step(self, batch: Any, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
+        (x1, x2), y = self.split_batch(batch)
+        z1, z2 = self.project(torch.cat([x1, x2])).chunk(2)  # one pass: BatchNorm sees both views
+        return self.contrastive_loss(z1, z2, y, ctx, self.cfg.fn)

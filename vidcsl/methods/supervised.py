@@ -1,0 +1,47 @@
+"""Supervised baseline: cross-entropy of a linear classifier on the same backbone, augmentations and schedule.
+
+With ``method.supervised_two_views`` it sees the same two augmented views as the contrastive methods
+(loss averaged), so the comparison of SPEC §2 differs only in the objective.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from vidcsl.methods.base import Method, StepContext, register_method
+
+
+@register_method("supervised")
+class Supervised(Method):
+    views = 1
+    data_mode = "supervised"
+
+    @classmethod
+    def views_for(cls, cfg: Any) -> int:
+        return 2 if cfg.method.supervised_two_views else 1
+
+    def __init__(self, cfg: Any, encoder: torch.nn.Module, num_classes: int):
+        super().__init__(cfg, encoder, num_classes)
+        from vidcsl.models.heads import LinearClassifier
+
+        if num_classes < 2:
+            raise ValueError(f"method 'supervised' needs a labelled dataset, got num_classes={num_classes}")
+        self.views = 2 if cfg.method.supervised_two_views else 1
+        self.classifier = LinearClassifier(encoder.feature_dim, num_classes)
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encoder(x))
+
+    def training_step(self, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        views, y = self.split_batch(batch)
+        if y is None:
+            raise ValueError("method 'supervised' needs class labels, but the batch has none")
+        x = torch.cat(views)
+        target = y.repeat(len(views))
+        logits = self.logits(x).float()
+        loss = F.cross_entropy(logits, target, label_smoothing=self.cfg.method.label_smoothing)
+        acc = (logits.argmax(1) == target).float().mean().item()
+        return loss, {"train_acc": acc}

@@ -1,0 +1,424 @@
+"""The one training loop, for every method and command (pretrain, supervise), on 1 or many processes.
+
+    result = Trainer(cfg).fit()        # cfg: vidcsl.config.Config
+
+It owns devices (bf16 autocast and channels_last on CUDA), gradient accumulation, the optimiser and
+its per-step schedule, seeding, DDP, progress / logs, the kNN monitor, checkpoints and preemption;
+a :class:`vidcsl.methods.base.Method` only turns a batch into a loss. Run folder ``runs/<name>/``:
+``config.yaml``, ``metrics.csv``, ``tensorboard/``, ``checkpoints/last.pt``, ``metrics.json``.
+
+Exact resume: the sampler's shuffle is seeded per epoch and can start mid-epoch, the DataLoader has its
+own generator (so creating one does not touch the global RNG), and the checkpoint restores every RNG
+state, so an interrupted run ends with the weights of an uninterrupted one (on CPU with
+``data.num_workers=0``; video clips are seeded per item, so videos also resume exactly with workers).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+from collections import defaultdict
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from vidcsl.config import Config, config_to_dict, save_config
+from vidcsl.data.factory import DataBundle, build_datasets, set_dataset_epoch
+from vidcsl.methods.base import Method, StepContext, build_method, method_class
+from vidcsl.train import distributed as D
+from vidcsl.train.checkpoint import (
+    CHECKPOINT_DIR,
+    LAST,
+    Preemption,
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
+from vidcsl.train.knn import extract_features, knn_accuracy
+from vidcsl.train.logging import RunLogger, write_json
+from vidcsl.train.optim import WarmupCosine, build_optimizer
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN / inf; the run stopped and its last good checkpoint was kept."""
+
+
+class RunPreempted(RuntimeError):
+    """SIGTERM / SIGINT arrived; a checkpoint was saved at the step boundary (resume with ``--resume``)."""
+
+
+def seed_everything(seed: int, deterministic: bool = False) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = not deterministic
+
+
+def make_loader(ds: Dataset, batch_size: int, num_workers: int = 0, *, shuffle: bool = False, seed: int = 0,
+                sampler: Any = None, drop_last: bool = False) -> DataLoader:
+    """A DataLoader that drops bad (None) samples, with its own seeded generator."""
+    from vidcsl.data.video import collate_skip_bad
+
+    return DataLoader(ds, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
+                      num_workers=num_workers, collate_fn=collate_skip_bad, drop_last=drop_last,
+                      generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
+                      persistent_workers=False)
+
+
+def to_device(obj: Any, device: torch.device, channels_last: bool) -> Any:
+    """Move a (nested) batch to ``device``; image / clip tensors in channels_last(_3d) when asked."""
+    if isinstance(obj, torch.Tensor):
+        obj = obj.to(device, non_blocking=True)
+        if channels_last and obj.is_floating_point() and obj.dim() in (4, 5):
+            fmt = torch.channels_last if obj.dim() == 4 else torch.channels_last_3d
+            obj = obj.contiguous(memory_format=fmt)
+        return obj
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(to_device(o, device, channels_last) for o in obj) if not hasattr(obj, "dropped") \
+            else [to_device(o, device, channels_last) for o in obj]
+    return obj
+
+
+def channels_last(module: torch.nn.Module) -> torch.nn.Module:
+    """4-d weights to channels_last, 5-d (3-d convolutions) to channels_last_3d, others unchanged."""
+    def fmt(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 4:
+            return t.contiguous(memory_format=torch.channels_last)
+        if t.dim() == 5:
+            return t.contiguous(memory_format=torch.channels_last_3d)
+        return t
+
+    return module._apply(fmt)
+
+
+def batch_size_of(batch: Any) -> int:
+    x = batch[0]
+    while isinstance(x, (list, tuple)):
+        x = x[0]
+    return int(x.shape[0])
+
+
+def trim_batch(batch: Any, n: int) -> Any:
+    """Keep the first ``n`` samples of every tensor in a (nested) batch."""
+    if isinstance(batch, torch.Tensor):
+        return batch[:n]
+    if isinstance(batch, (list, tuple)):
+        return [trim_batch(b, n) for b in batch]
+    return batch
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    method: Method
+
+
+class Trainer:
+    """Builds data, model, optimiser from a config, then :meth:`fit` trains (resuming if asked)."""
+
+    def __init__(self, cfg: Config, *, run_dir: str | os.PathLike | None = None, resume: bool = False,
+                 data: DataBundle | None = None, encoder: torch.nn.Module | None = None):
+        """``data`` / ``encoder`` replace the ones the config would build (programmatic use, tests)."""
+        self.cfg = cfg
+        self._encoder = encoder
+        self.resume = resume
+        name = cfg.train.name or f"{cfg.method.name}_{cfg.data.kind}"
+        self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.train.runs_dir) / name
+        self.ckpt_path = self.run_dir / CHECKPOINT_DIR / LAST
+        self._data = data
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _setup(self) -> None:
+        cfg, t = self.cfg, self.cfg.train
+        self.info = D.init_distributed(t.device)
+        self.device = self.info.device
+        if self.ckpt_path.exists() and not self.resume:
+            raise ValueError(f"run folder {str(self.run_dir)!r} already has a checkpoint; pass --resume to "
+                             f"continue it, or choose another train.name / --run-dir")
+        if self.resume and not self.ckpt_path.exists():
+            raise ValueError(f"--resume: no checkpoint at {str(self.ckpt_path)!r}")
+        seed_everything(t.seed, t.deterministic)
+        per_step = self.info.world_size * t.accumulate
+        if t.batch_size % per_step:
+            raise ValueError(f"config key 'train.batch_size' ({t.batch_size}) must be divisible by processes x "
+                             f"train.accumulate = {self.info.world_size} x {t.accumulate}")
+        self.micro_batch = t.batch_size // per_step
+        cls = method_class(cfg.method.name)
+        self.data = self._data or build_datasets(cfg.data, cls.data_mode, views=cls.views_for(cfg), seed=t.seed)
+        if self._encoder is not None:
+            encoder = self._encoder
+        else:
+            from vidcsl.models.registry import build_encoder
+
+            encoder = build_encoder(cfg.model.encoder, **cfg.model.encoder_kwargs)
+        self.method = build_method(cfg, encoder, self.data.num_classes).to(self.device)
+        cuda = self.device.type == "cuda"
+        self.channels_last = cuda and t.channels_last
+        if self.channels_last:
+            self.method = channels_last(self.method)
+        precision = t.precision if t.precision != "auto" else ("bf16" if cuda else "fp32")
+        self.amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=precision == "fp16")
+        self.model = self.method
+        if self.info.distributed and t.sync_bn and cuda:
+            self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+            self.model = self.method
+        if self.info.distributed:
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                self.method, device_ids=None, find_unused_parameters=self.method.ddp_find_unused)
+        self.sampler = D.ResumableSampler(self.data.train, self.info, shuffle=True, seed=t.seed, drop_last=True)
+        self.loader = make_loader(self.data.train, self.micro_batch, cfg.data.num_workers, sampler=self.sampler,
+                                  seed=t.seed + self.info.rank, drop_last=True)
+        self.steps_per_epoch = self.sampler.num_samples // self.micro_batch // t.accumulate
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"training split has {len(self.data.train)} samples: too few for one step of "
+                             f"train.batch_size={t.batch_size}; lower the batch size")
+        self.total_steps = t.epochs * self.steps_per_epoch
+        if t.max_steps is not None:
+            self.total_steps = min(self.total_steps, t.max_steps)
+        self.optimizer = build_optimizer(self.method, cfg.optim, t.batch_size)
+        warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
+        self.scheduler = WarmupCosine(self.optimizer, t.epochs * self.steps_per_epoch, warmup, cfg.optim.min_lr,
+                                      cfg.optim.schedule)
+        self.logger = RunLogger(self.run_dir, enabled=self.info.is_main, tensorboard=t.tensorboard)
+        if self.info.is_main:
+            save_config(cfg, self.run_dir / "config.yaml")
+        self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
+        self.counts = defaultdict(int)
+        self.history: dict[str, Any] = {}
+        if self.resume:
+            self._load(self.ckpt_path)
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "version": 1, "model": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
+            "progress": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+                         "global_step": self.global_step},
+            "counts": dict(self.counts), "history": dict(self.history), "num_classes": self.data.num_classes,
+            "config": config_to_dict(self.cfg),
+        }
+
+    def save(self) -> Path | None:
+        """Rank 0 writes ``checkpoints/last.pt`` atomically; every rank waits for it."""
+        path = None
+        if self.info.is_main:
+            path = save_checkpoint(self.ckpt_path, self.state_dict())
+        D.barrier()
+        return path
+
+    def _load(self, path: Path) -> None:
+        state = load_checkpoint(path, map_location="cpu")
+        self.method.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        p = state["progress"]
+        self.epoch, self.step_in_epoch, self.global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
+        self.counts.update(state.get("counts", {}))
+        self.history.update(state.get("history", {}))
+
+    # --------------------------------------------------------------------------------------- monitor
+    def knn_monitor(self) -> float | None:
+        """Weighted kNN accuracy of the backbone features on the validation split (rank 0 computes)."""
+        acc = None
+        if self.info.is_main:
+            self.method.eval()
+            t, bs, workers = self.cfg.train, self.micro_batch, self.cfg.data.num_workers
+            common = dict(is_video=self.data.is_video, progress=t.progress)
+            bank = extract_features(self.method.embed, make_loader(self.data.train_eval, bs, workers), self.device,
+                                    desc="kNN bank", **common)
+            query = extract_features(self.method.embed, make_loader(self.data.val, bs, workers), self.device,
+                                     desc="kNN val", **common)
+            acc = knn_accuracy(*bank, *query, self.data.num_classes, k=t.knn_k, temperature=t.knn_temperature)
+            self.method.train()
+        D.barrier()
+        return acc
+
+    # ------------------------------------------------------------------------------------------- loop
+    def _sync_batch(self, batch: Any) -> tuple[bool, int]:
+        """(any rank has no batch, smallest batch size), agreed by every rank (one small all-reduce)."""
+        size = 0 if batch is None else batch_size_of(batch)
+        flags = torch.tensor([float(batch is None), -float(size)])
+        if self.info.distributed:
+            flags = D.all_reduce(flags.to(self.device), "max").cpu()
+        return bool(flags[0]), int(-flags[1])
+
+    def _agree(self, flag: bool) -> bool:
+        """True on every rank if it is true on any rank."""
+        if not self.info.distributed:
+            return flag
+        return bool(D.all_reduce(torch.tensor([float(flag)], device=self.device), "max").item())
+
+    def _context(self) -> StepContext:
+        return StepContext(epoch=self.epoch, global_step=self.global_step, rank=self.info.rank,
+                           world_size=self.info.world_size, gather=D.gather_with_grad, gather_nograd=D.gather_nograd)
+
+    def _micro_step(self, batch: Any, last: bool) -> tuple[torch.Tensor | None, dict]:
+        """Forward + backward of one micro-batch -> (loss, or None if some rank had no batch; logs)."""
+        no_batch, size = self._sync_batch(batch)
+        if no_batch:
+            self.counts["skipped_batches"] += 1
+            self.counts["bad_samples"] += self.micro_batch if batch is None else getattr(batch, "dropped", 0)
+            return None, {}
+        self.counts["bad_samples"] += getattr(batch, "dropped", 0)
+        if size < batch_size_of(batch):
+            self.counts["trimmed_samples"] += batch_size_of(batch) - size
+            batch = trim_batch(batch, size)
+        batch = to_device(batch, self.device, self.channels_last)
+        sync = nullcontext() if (last or not self.info.distributed) else self.model.no_sync()
+        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
+        with sync:
+            with autocast:
+                loss, logs = self.model(batch, self._context())
+            self.scaler.scale(loss.float() / self.cfg.train.accumulate).backward()
+        self.counts["samples"] += size
+        return loss.detach().float(), logs
+
+    def _optimizer_step(self) -> None:
+        clip = self.cfg.optim.grad_clip
+        if clip is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.method.parameters(), clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        self.method.after_optimizer_step()
+
+    def _non_finite(self, loss: float) -> NonFiniteLossError:
+        kept = str(self.ckpt_path) if self.ckpt_path.exists() else "none (no checkpoint was written yet)"
+        return NonFiniteLossError(
+            f"non-finite loss ({loss}) at epoch {self.epoch}, optimiser step {self.global_step}; stopping the run. "
+            f"Last good checkpoint: {kept}. Try a lower optim.lr, optim.grad_clip, or train.precision=fp32.")
+
+    def fit(self) -> TrainResult:
+        self._setup()
+        t, acc = self.cfg.train, self.cfg.train.accumulate
+        samples_per_step = self.micro_batch * self.info.world_size * acc
+        bar = tqdm(total=self.total_steps, initial=self.global_step, desc=f"{self.cfg.method.name}",
+                   disable=not (t.progress and self.info.is_main), dynamic_ncols=True)
+        window: dict[str, list[float]] = defaultdict(list)
+        start_time, start_step = time.perf_counter(), self.global_step
+        tick = time.perf_counter()
+        self.method.train()
+        with Preemption() as preempt:
+            while self.epoch < t.epochs and self.global_step < self.total_steps:
+                self.method.on_train_epoch_start(self.epoch)
+                set_dataset_epoch(self.data.train, self.epoch)
+                self.sampler.set_position(self.epoch, self.step_in_epoch * acc * self.micro_batch)
+                batches = iter(self.loader)
+                epoch_logs: dict[str, list[float]] = defaultdict(list)
+                while self.step_in_epoch < self.steps_per_epoch and self.global_step < self.total_steps:
+                    losses = []
+                    for micro in range(acc):
+                        loss, logs = self._micro_step(next(batches), micro == acc - 1)
+                        if loss is not None:
+                            losses.append(loss)
+                            for k, v in logs.items():
+                                window[k].append(v)
+                    local = torch.stack(losses).mean() if losses else torch.zeros((), device=self.device)
+                    mean_loss = float(D.all_reduce(local.clone(), "mean")) if self.info.distributed else float(local)
+                    if not math.isfinite(mean_loss):
+                        bar.close()
+                        self.logger.close()
+                        raise self._non_finite(mean_loss)
+                    if losses:
+                        self._optimizer_step()
+                    else:
+                        self.optimizer.zero_grad(set_to_none=True)
+                        self.scheduler.step()
+                    self.global_step += 1
+                    self.step_in_epoch += 1
+                    if losses:
+                        window["loss"].append(mean_loss)
+                        epoch_logs["loss"].append(mean_loss)
+                    bar.update(1)
+                    if self.global_step % t.log_every == 0 or self.global_step == self.total_steps:
+                        now = time.perf_counter()
+                        speed = samples_per_step * len(window["loss"]) / max(now - tick, 1e-9)
+                        scalars = {f"train/{k}": _nanmean(v) for k, v in window.items()}
+                        scalars.update({"train/lr": self.optimizer.param_groups[0]["lr"],
+                                        "train/samples_per_s": speed})
+                        self.logger.log(self.global_step, scalars, epoch=self.epoch)
+                        bar.set_postfix(loss=f"{scalars.get('train/loss', math.nan):.4f}",
+                                        lr=f"{scalars['train/lr']:.3g}", sps=f"{speed:.0f}")
+                        window.clear()
+                        tick = now
+                    if self._agree(preempt.requested):
+                        path = self.save()
+                        bar.close()
+                        self.logger.close()
+                        raise RunPreempted(f"stopped by {preempt.signal_name or 'a signal'} at optimiser step "
+                                           f"{self.global_step}; checkpoint {path or self.ckpt_path} saved, "
+                                           f"continue with --resume")
+                    if t.ckpt_every and self.global_step % t.ckpt_every == 0:
+                        self.save()
+                if self.step_in_epoch >= self.steps_per_epoch:
+                    self._end_epoch(epoch_logs)
+        bar.close()
+        self.save()
+        metrics = self._final_metrics(time.perf_counter() - start_time, self.global_step - start_step,
+                                      samples_per_step)
+        self.logger.close()
+        return TrainResult(self.run_dir, metrics, self.method)
+
+    def _end_epoch(self, epoch_logs: dict[str, list[float]]) -> None:
+        t = self.cfg.train
+        scalars = {f"epoch/{k}": _nanmean(v) for k, v in epoch_logs.items()}
+        if t.knn_every > 0 and (self.epoch + 1) % t.knn_every == 0 and self.epoch + 1 < t.epochs:
+            acc = self.knn_monitor()
+            if acc is not None:
+                scalars["epoch/knn_val_acc"] = acc
+        self.logger.log(self.global_step, scalars, epoch=self.epoch)
+        self.history.setdefault("epoch_loss", []).append(scalars.get("epoch/loss", math.nan))
+        self.epoch += 1
+        self.step_in_epoch = 0
+
+    def _final_metrics(self, seconds: float, steps: int, samples_per_step: int) -> dict[str, Any]:
+        counts = torch.tensor([float(self.counts[k]) for k in ("bad_samples", "skipped_batches", "trimmed_samples")])
+        counts = D.all_reduce(counts.to(self.device), "sum").cpu() if self.info.distributed else counts
+        metrics = {
+            "method": self.cfg.method.name, "encoder": self.cfg.model.encoder, "dataset": self.cfg.data.kind,
+            "epochs_completed": self.epoch, "global_step": self.global_step, "world_size": self.info.world_size,
+            "epoch_loss": self.history.get("epoch_loss", []),
+            "train_seconds": seconds, "samples_per_s": samples_per_step * steps / max(seconds, 1e-9),
+            "bad_samples": int(counts[0]), "skipped_batches": int(counts[1]), "trimmed_samples": int(counts[2]),
+            "checkpoint": str(self.ckpt_path),
+        }
+        if self.cfg.train.knn_every >= 0:
+            metrics["knn_val_acc"] = self.knn_monitor()
+            self.logger.log(self.global_step, {"final/knn_val_acc": metrics["knn_val_acc"] or math.nan})
+        if metrics["bad_samples"] and self.info.is_main:
+            tqdm.write(f"note: {metrics['bad_samples']} bad samples were skipped "
+                       f"({metrics['skipped_batches']} whole batches)")
+        if self.info.is_main:
+            write_json(self.run_dir / "metrics.json", metrics)
+        return metrics
+
+
+def _nanmean(values: list[float]) -> float:
+    finite = [v for v in values if not (isinstance(v, float) and math.isnan(v))]
+    return float(sum(finite) / len(finite)) if finite else math.nan
+
+
+def train(cfg: Config, *, run_dir: str | os.PathLike | None = None, resume: bool = False) -> TrainResult:
+    """Train ``cfg`` (see :class:`Trainer`)."""
+    return Trainer(cfg, run_dir=run_dir, resume=resume).fit()
