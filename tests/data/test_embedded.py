@@ -29,9 +29,11 @@ def test_digits_deterministic_complete_and_balanced(tmp_path):
     np.testing.assert_array_equal(np.bincount(all_labels), np.bincount(load_digits().target))
     counts = np.bincount(a["train"][1], minlength=10)
     assert counts.min() > 0.7 * 120 and counts.max() < 1.3 * 120
-    # colour is a per-sample nuisance: images are not grey, and mean colour hardly depends on the class
+    # colour is a nuisance from a small palette: never unique per sample (a contrastive shortcut),
+    # and mean colour hardly depends on the class
     x, y = a["train"]
-    assert np.abs(x[..., 0].astype(int) - x[..., 1]).mean() > 10
+    papers = {tuple(img.reshape(-1, 3).min(0)) for img in x}  # the paper shade: where there is no ink
+    assert 1 < len(papers) <= 4
     class_means = np.stack([x[y == c].reshape(-1, 3).mean(0) for c in range(10)])
     assert np.ptp(class_means, axis=0).max() < 25
 

@@ -3,8 +3,9 @@
 Why this data: the project must run end-to-end offline on a 2-core CPU, yet a demo on synthetic noise would
 say nothing about learning. scikit-learn ships 1,797 *real* 8x8 scans of handwritten digits
 (``sklearn.datasets.load_digits``), so the images carry genuine intra-class variation. Each sample gets a
-random, class-independent colour tint, so colour is a nuisance that colour augmentation must learn to ignore
-(as on natural images). The videos move a digit scan over a textured background along a class-specific
+class-independent ink and paper shade from a small, nearly grey palette. The palette is small on purpose: a
+colour unique to each sample (tried first) lets contrastive learning solve instance discrimination by colour
+alone, and SimCLR then learns nothing about the digits (kNN accuracy at chance). The videos move a digit scan over a textured background along a class-specific
 direction, so the label is carried both by appearance (which digit) and by motion (where it goes): a video
 encoder can use either cue, and temporal augmentations or attacks can be studied on them.
 
@@ -25,8 +26,11 @@ import torch
 import torch.nn.functional as F
 
 DIGITS_SPLIT = (1200, 200, 397)  # train / val / test, sums to the 1,797 bundled scans
-_DIGITS_VERSION = 1
-_VIDEO_VERSION = 2
+_DIGITS_VERSION = 2
+_VIDEO_VERSION = 3
+# Ink and paper colours (RGB in [0, 1]); each sample draws one of each, independently of its class.
+INK_PALETTE = np.array([[1.0, 1.0, 1.0], [0.95, 0.9, 0.8], [0.8, 0.9, 0.95]], np.float32)
+PAPER_PALETTE = np.array([[0.05, 0.05, 0.05], [0.12, 0.1, 0.14]], np.float32)
 _MARKER = "COMPLETE"
 
 
@@ -50,10 +54,10 @@ def _upsample(scans: np.ndarray, size: int) -> np.ndarray:
 
 
 def _tint(ink: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Colour each (N, H, W) ink map with a random bright ink colour on a random dark paper colour."""
+    """Colour each (N, H, W) ink map with a palette ink colour on a palette paper colour."""
     n = ink.shape[0]
-    fg = rng.uniform(0.45, 1.0, size=(n, 1, 1, 3))
-    bg = rng.uniform(0.0, 0.35, size=(n, 1, 1, 3))
+    fg = INK_PALETTE[rng.integers(len(INK_PALETTE), size=n)][:, None, None, :]
+    bg = PAPER_PALETTE[rng.integers(len(PAPER_PALETTE), size=n)][:, None, None, :]
     rgb = bg + (fg - bg) * ink[..., None]
     return np.clip(np.round(rgb * 255), 0, 255).astype(np.uint8)
 
@@ -84,7 +88,7 @@ def _atomic_save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
 def embedded_digits(cache_dir: str | Path | None = None, *, seed: int = 0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Digits as RGB 32x32 images: {"train"|"val"|"test": (uint8 (N, 32, 32, 3), int64 labels)}.
 
-    Split 1200/200/397 of sklearn's 1,797 real scans, upsampled bilinearly, with a per-sample colour tint.
+    Split 1200/200/397 of sklearn's 1,797 real scans, upsampled bilinearly, with a palette colour per sample.
     """
     path = default_cache_dir(cache_dir) / f"embedded_digits_v{_DIGITS_VERSION}_seed{seed}.npz"
     if path.is_file():
@@ -99,12 +103,17 @@ def embedded_digits(cache_dir: str | Path | None = None, *, seed: int = 0) -> di
 
 
 # ---------------------------------------------------------------------------------------------- video
-def _background(rng: np.random.Generator, size: int) -> np.ndarray:
-    """A smooth random texture (low-res noise upsampled) in a random dim colour: float (size, size, 3)."""
-    coarse = rng.uniform(0, 1, size=(3, size // 8, size // 8)).astype(np.float32)
+def _background(rng: np.random.Generator, size: int, num_textures: int = 4) -> np.ndarray:
+    """One of a few fixed smooth textures in a dim palette colour: float (size, size, 3).
+
+    The set is small on purpose: a background unique to each video would let a contrastive learner match
+    the two clips of a video by their background alone.
+    """
+    which = int(rng.integers(num_textures))
+    coarse = np.random.default_rng(1000 + which).uniform(0, 1, size=(3, size // 8, size // 8)).astype(np.float32)
     tex = F.interpolate(torch.from_numpy(coarse)[None], size=(size, size), mode="bicubic",
                         align_corners=False)[0].clamp(0, 1).numpy()
-    colour = rng.uniform(0.05, 0.4, size=(3, 1, 1))
+    colour = 0.1 + PAPER_PALETTE[rng.integers(len(PAPER_PALETTE))][:, None, None]
     return (colour * (0.5 + tex)).transpose(1, 2, 0)
 
 
@@ -112,7 +121,7 @@ def _render_clip(scan: np.ndarray, label: int, num_classes: int, rng: np.random.
                  frames: int, sprite: int) -> np.ndarray:
     """uint8 (T, size, size, 3): the digit scan moving in direction 2*pi*label/num_classes over a texture."""
     ink = _upsample(scan[None], sprite)[0]
-    fg = rng.uniform(0.55, 1.0, size=3)
+    fg = INK_PALETTE[rng.integers(len(INK_PALETTE))]
     bg = _background(rng, size)
     angle = 2 * np.pi * label / num_classes + rng.uniform(-0.15, 0.15)
     direction = np.array([np.cos(angle), np.sin(angle)])  # (x, y); y grows downwards

@@ -1,0 +1,184 @@
+"""Sub-commands of the robustness stage: ``evaluate``, ``study``, ``demo``, ``nonrobust``.
+
+    vidcsl evaluate runs/digits_simclr                      # -> runs/digits_simclr/eval/report.md
+    vidcsl evaluate runs/digits_simclr eval.n_samples=200 eval.norms=[linf]
+    vidcsl study configs/study_cifar10_resnet18.yaml        # the whole comparison, resumable
+    vidcsl demo                                             # the small study on the embedded data (CPU)
+    vidcsl nonrobust runs/digits_simclr --robust-run runs/study_demo/images/acl
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+DEMO_CONFIG = "study_demo.yaml"
+
+
+def _eval_help() -> str:
+    return ("evaluation settings 'key=value' (the 'eval.' prefix is optional), e.g. n_samples=200 "
+            "pgd_steps=10 linf_eps_255=[0,2,8] norms=[linf] severities=[1,3,5] probe=[probe.epochs=10]")
+
+
+def add_commands(subparsers: Any) -> None:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = subparsers.add_parser(
+        "evaluate", help="clean / robust / corruption accuracy and representation metrics of one run",
+        formatter_class=fmt,
+        description="Evaluate a trained run: a supervised run as its own classifier, any other run as frozen "
+        "encoder + linear probe (trained first if the run has none). Measures clean accuracy (and multi-clip "
+        "accuracy for videos), PGD robust accuracy over L-inf and L2 eps sweeps, accuracy under every "
+        "corruption and severity, alignment / uniformity / inter-intra ratio / sensitivity, and the FN "
+        "detector's logged precision and recall. Writes eval.json, CSVs, PNGs and report.md into RUN/eval/.")
+    p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="run folder or checkpoint file")
+    p.add_argument("settings", nargs="*", help=_eval_help())
+    p.add_argument("--config", default=None, help="YAML file with evaluation settings (a mapping; the "
+                   "settings on the command line win)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = subparsers.add_parser(
+        "study", help="train SL, CSL, CSL+FN, SupCon and adversarial CSL +/- FN, evaluate all, compare",
+        formatter_class=fmt, description=_study_description())
+    p.add_argument("config", help="study YAML (see configs/study_*.yaml)")
+    p.add_argument("overrides", nargs="*", help="study settings 'key=value' (top level), e.g. runs_dir=runs/s2 "
+                   "device=cpu headline_eps=4")
+    p.add_argument("--eval", dest="eval_settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="evaluation setting for every sub-run (repeatable), e.g. --eval n_samples=100")
+    p.set_defaults(func=_cmd_study)
+
+    p = subparsers.add_parser(
+        "demo", help="the small study on the embedded digit images and videos (2-core CPU, < 10 min)",
+        formatter_class=fmt,
+        description="Run configs/study_demo.yaml: SL, CSL, CSL+FN (threshold / top-k / oracle), SupCon and "
+        "adversarial CSL +/- FN on the embedded digits, and SL / CSL / CSL+FN on the embedded moving-digit "
+        "videos, each trained briefly and evaluated on small subsets. Prints where the report is and its main "
+        "table. Rerunning reuses finished sub-runs (use --fresh to start over).")
+    p.add_argument("--runs-dir", default=None, help="where the sub-runs and the report go (default: runs/demo)")
+    p.add_argument("--fresh", action="store_true", help="delete the demo folder first")
+    p.add_argument("--config", default=None, help=f"study YAML to run instead of configs/{DEMO_CONFIG}")
+    p.set_defaults(func=_cmd_demo)
+
+    p = subparsers.add_parser(
+        "nonrobust", help="robust / non-robust feature datasets from encoders, then SL and CSL trained on each",
+        formatter_class=fmt,
+        description="Ilyas et al.'s experiment for SL and CSL (SPEC §5). From RUN's encoder (a standard model) "
+        "build the non-robust set (each training image replaced by another one moved, within an L2 ball, until "
+        "the encoder sees the features of the original; it keeps the original label) and, from --robust-run's "
+        "encoder (an adversarially trained model), the robust set (no ball). Each is saved as .npz + .json "
+        "provenance. Then an SL and a CSL model are trained on each synthetic set and evaluated on the real "
+        "test set; the report is the paradigm x dataset matrix of clean and robust accuracy. Images only.")
+    p.add_argument("run", metavar="RUN", help="run whose encoder builds the non-robust set")
+    p.add_argument("--robust-run", default=None, help="run whose (robust) encoder builds the robust set "
+                   "(default: RUN itself)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/nonrobust)")
+    p.add_argument("--n-train", type=int, default=1000, help="training images to rebuild (default 1000)")
+    p.add_argument("--steps", type=int, default=1000, help="feature-matching steps (default 1000)")
+    p.add_argument("--step-size", type=float, default=0.1, help="L2 step size in [0,1] pixel units (default 0.1)")
+    p.add_argument("--eps", type=float, default=0.5, help="L2 ball of the non-robust set (default 0.5)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs on each set (default: the run's)")
+    p.add_argument("--eval", dest="eval_settings", action="append", default=[], metavar="KEY=VALUE",
+                   help="evaluation setting (repeatable), e.g. --eval n_samples=200")
+    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+    p.set_defaults(func=_cmd_nonrobust)
+
+
+def _study_description() -> str:
+    from vidcsl.robustness import study
+
+    return study.__doc__
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    import yaml
+
+    from vidcsl.robustness.evaluate import eval_config_from_dict, evaluate_run
+
+    try:
+        raw = {}
+        if args.config:
+            path = Path(args.config)
+            if not path.is_file():
+                raise ValueError(f"evaluation config {args.config!r} does not exist")
+            raw = yaml.safe_load(path.read_text()) or {}
+            if not isinstance(raw, dict):
+                raise ValueError(f"evaluation config {args.config!r} must hold a mapping")
+            raw = raw.get("eval", raw)
+        if args.device:
+            raw["device"] = args.device
+        ecfg = eval_config_from_dict(raw, args.settings)
+        result = evaluate_run(args.run, ecfg, out_dir=args.out)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path(result["run"]) / "eval"
+    robust = ", ".join(f"{n} {e.get('eps_255', e['eps']):g}: {e['acc']:.3f}" for n, es in result["robust"].items()
+                       for e in es)
+    print(f"clean acc {result['clean_acc']:.4f}; robust {robust}; mean corruption acc "
+          f"{result['corruptions']['mean']:.4f}\nreport: {out / 'report.md'}")
+    return 0
+
+
+def _print_report(report: Path) -> None:
+    import json
+
+    data = json.loads((report.parent / "study.json").read_text())
+    from vidcsl.robustness.study import main_table
+
+    print(f"\nreport: {report.resolve()}")
+    for t in data["tracks"]:
+        print(f"\n[{t['track']}]\n{main_table(t)}")
+
+
+def _run_study_file(path: str, overrides: list[str], eval_settings: list[str]) -> int:
+    from vidcsl.robustness.study import load_study_config, run_study
+    from vidcsl.train.trainer import NonFiniteLossError
+
+    try:
+        study = load_study_config(path, overrides)
+        report = run_study(study, eval_settings)
+    except (ValueError, NonFiniteLossError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    _print_report(report)
+    return 0
+
+
+def _cmd_study(args: argparse.Namespace) -> int:
+    return _run_study_file(args.config, args.overrides, args.eval_settings)
+
+
+def demo_config_path() -> Path:
+    """``configs/study_demo.yaml`` of the source tree this package runs from."""
+    return Path(__file__).resolve().parents[2] / "configs" / DEMO_CONFIG
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    import shutil
+
+    path = Path(args.config) if args.config else demo_config_path()
+    if not path.is_file():
+        print(f"error: demo study config {str(path)!r} not found (run from a source checkout, or pass --config)",
+              file=sys.stderr)
+        return 2
+    runs_dir = args.runs_dir or "runs/demo"
+    if args.fresh and Path(runs_dir).exists():
+        shutil.rmtree(runs_dir)
+    return _run_study_file(str(path), [f"runs_dir={runs_dir}"], [])
+
+
+def _cmd_nonrobust(args: argparse.Namespace) -> int:
+    from vidcsl.robustness.study import nonrobust_study
+
+    try:
+        report = nonrobust_study(args.run, robust_run=args.robust_run, out_dir=args.out, n_train=args.n_train,
+                                 steps=args.steps, step_size=args.step_size, eps=args.eps, epochs=args.epochs,
+                                 eval_settings=args.eval_settings, device=args.device)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {report}\n{(report.parent / 'matrix.md').read_text()}")
+    return 0
