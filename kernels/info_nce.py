@@ -13,6 +13,7 @@ The core is registered as the custom ops ``kernels::nce_forward`` / ``kernels::n
 under ``torch.compile(fullgraph=True)``. Normalisation stays outside the ops, in plain autograd.
 """
 
+import functools
 import os
 
 import torch
@@ -27,6 +28,29 @@ FN_MODES = ("eliminate", "attract")
 REDUCTIONS = ("mean", "sum", "none")
 BACKENDS = ("auto", "reference", "torch", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+
+class NonFiniteEmbeddingError(ValueError):
+    """Embeddings hold NaN or inf: in training this means the run diverged (callers may catch it)."""
+
+
+def _without_autocast(loss_fn):
+    """Run a loss with any enclosing autocast region switched off.
+
+    The ops compute in their inputs' dtype with fp32 accumulation; a bf16 autocast region (mixed-precision
+    training) would otherwise recast the matmuls of the top-k cut and the reference, so the cut and the
+    fused kernel could disagree on which negatives are false.
+    """
+
+    @functools.wraps(loss_fn)
+    def wrapper(a, *args, **kwargs):
+        device_type = a.device.type if isinstance(a, Tensor) else "cpu"
+        with torch.autocast(device_type=device_type, enabled=False):
+            return loss_fn(a, *args, **kwargs)
+
+    return wrapper
+
 
 _triton_state: dict = {}  # cached result of importing kernels.info_nce_triton: {"module"} or {"error"}
 
@@ -232,7 +256,7 @@ def _check_embeddings(named: dict[str, Tensor]) -> None:
         if z.shape[1] == 0:
             raise ValueError(f"{name} has embedding dim 0")
         if not torch.compiler.is_compiling() and not bool(torch.isfinite(z).all()):
-            raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+            raise NonFiniteEmbeddingError(f"{name} contains non-finite values (NaN or inf)")
 
 
 def _check_labels(name: str, labels: Tensor | None, n: int, device: torch.device) -> Tensor | None:
@@ -285,6 +309,7 @@ def _prepare(z: Tensor, normalize: bool) -> Tensor:
     return z.contiguous()
 
 
+@_without_autocast
 def info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.1, *, labels: Tensor | None = None,
              fn_threshold: float | None = None, fn_topk: int | None = None, fn_mode: str = "eliminate",
              normalize: bool = True, reduction: str = "mean", row_offset: int = 0, num_rows: int | None = None,
@@ -357,6 +382,7 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.1, *, label
     return (loss, _stats_out(stats)) if return_stats else loss
 
 
+@_without_autocast
 def cross_info_nce(q: Tensor, k: Tensor, temperature: float | Tensor = 0.1, *, symmetric: bool = False,
                    labels_q: Tensor | None = None, labels_k: Tensor | None = None,
                    fn_threshold: float | None = None, fn_topk: int | None = None, fn_mode: str = "eliminate",

@@ -173,3 +173,24 @@ def test_split_train_val():
     assert len(split_train_val(10, 0.0, 0)[1]) == 0
     with pytest.raises(ValueError, match="val_fraction"):
         split_train_val(10, 1.5, 0)
+
+
+def test_views_depend_on_seed_epoch_index_only_not_on_workers():
+    """Augmentations are seeded per item, so resuming (or changing num_workers) replays the same views."""
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(6, 16, 16, 3), dtype=np.uint8)
+    ds = ImageDataset(imgs, np.arange(6), transform=simclr_transform(16), two_views=True, seed=3)
+
+    def epoch_views(workers):
+        loader = torch.utils.data.DataLoader(ds, batch_size=3, num_workers=workers)
+        return torch.cat([torch.cat(views) for views, _ in loader])
+
+    torch.manual_seed(123)  # the global RNG must not matter
+    first = epoch_views(0)
+    torch.manual_seed(456)
+    assert torch.equal(first, epoch_views(0))
+    assert torch.equal(first, epoch_views(2))
+    (a, b), _ = ds[0]
+    assert not torch.equal(a, b)  # the two views of an item still differ
+    ds.set_epoch(1)
+    assert not torch.equal(first, epoch_views(0))

@@ -32,6 +32,19 @@ class NanAtStep4(SimCLR):
         return (loss * float("nan") if ctx.global_step == 3 else loss), logs
 
 
+@register_method("test_nan_embedding_simclr")
+class NanEmbeddingAtStep4(SimCLR):
+    """A diverged model: its projections turn NaN, which the loss refuses before any loss exists."""
+
+    def project(self, x):
+        z = super().project(x)
+        return z * float("nan") if self._step == 3 else z
+
+    def training_step(self, batch, ctx):
+        self._step = ctx.global_step
+        return super().training_step(batch, ctx)
+
+
 def run(kit, tmp_path, name, method="simclr", resume=False, data=None, **train):
     cfg = kit.cfg(method={"name": method}, train={"epochs": 2, "batch_size": 16, "ckpt_every": 0,
                                                   "knn_every": -1, "log_every": 1, **train},
@@ -65,6 +78,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(kit, tmp_path):
     state = load_checkpoint(tmp_path / "nan")
     assert state["progress"]["global_step"] == 3
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_nan_embeddings_stop_the_run_like_a_nan_loss(kit, tmp_path):
+    with pytest.raises(NonFiniteLossError, match="non-finite loss.*non-finite values.*step 3.*last.pt"):
+        run(kit, tmp_path, "nanz", method="test_nan_embedding_simclr", ckpt_every=1)
+    assert load_checkpoint(tmp_path / "nanz")["progress"]["global_step"] == 3
 
 
 def test_bad_samples_are_counted_and_empty_batches_skipped(kit, tmp_path):

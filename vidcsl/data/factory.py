@@ -134,7 +134,7 @@ def _image_bundle(data_cfg: Any, mode: str, views: int, seed: int) -> DataBundle
     x, y = arrays["train"]
     test = arrays.get("test")
     return DataBundle(
-        train=images.ImageDataset(x, y, transform=train_tf, two_views=views == 2),
+        train=images.ImageDataset(x, y, transform=train_tf, two_views=views == 2, seed=seed),
         train_eval=images.ImageDataset(x, y, transform=evaluate),
         val=images.ImageDataset(*arrays["val"], transform=evaluate),
         test=None if test is None else images.ImageDataset(*test, transform=evaluate),

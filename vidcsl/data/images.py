@@ -215,10 +215,14 @@ def eval_transform(size: int) -> Callable:
 
 # --------------------------------------------------------------------------------------------- dataset
 class ImageDataset(Dataset):
-    """(x, label) samples over uint8 NHWC arrays or a list of image paths (decoded lazily)."""
+    """(x, label) samples over uint8 NHWC arrays or a list of image paths (decoded lazily).
+
+    Augmentations draw from a generator seeded by (seed, epoch, index), not from the process's global
+    RNG, so a sample gets the same views whatever the number of DataLoader workers and after a resume.
+    """
 
     def __init__(self, images: np.ndarray | Sequence[str | Path], labels, *, transform: Callable | None,
-                 two_views: bool = False):
+                 two_views: bool = False, seed: int = 0):
         labels = np.asarray(labels, dtype=np.int64)
         if isinstance(images, np.ndarray):
             if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
@@ -234,6 +238,12 @@ class ImageDataset(Dataset):
         self.transform = transform if transform is not None else v2.Compose([v2.Lambda(to_image_tensor),
                                                                              *_finish()])
         self.two_views = two_views
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """New augmentation draws every epoch (the trainer calls this before each epoch)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -245,9 +255,11 @@ class ImageDataset(Dataset):
     def __getitem__(self, i: int):
         img = self._raw(i)
         label = int(self.labels[i])
-        if self.two_views:
-            return (self.transform(img), self.transform(img)), label
-        return self.transform(img), label
+        with torch.random.fork_rng(devices=[]):  # torchvision v2 draws from torch's global RNG
+            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+            if self.two_views:
+                return (self.transform(img), self.transform(img)), label
+            return self.transform(img), label
 
 
 def split_train_val(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

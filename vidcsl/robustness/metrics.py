@@ -77,11 +77,12 @@ def class_distance_ratio(z: Tensor, labels: Tensor, chunk_size: int = 1024) -> f
 def linf_sphere_noise(shape, eps: float, generator: torch.Generator | None = None, device=None) -> Tensor:
     """Uniform on the L-inf sphere of radius eps (the cube's surface): uniform in the cube, then one
     coordinate per sample, chosen uniformly (all 2n faces have equal area), set to +-eps."""
-    delta = torch.empty(shape).uniform_(-eps, eps, generator=generator)
+    draw_on = generator.device if generator is not None else torch.device("cpu")  # a CUDA generator draws on CUDA
+    delta = torch.empty(shape, device=draw_on).uniform_(-eps, eps, generator=generator)
     flat = delta.view(shape[0], -1)
-    face = torch.randint(0, flat.shape[1], (shape[0],), generator=generator)
-    sign = torch.randint(0, 2, (shape[0],), generator=generator).float() * 2 - 1
-    flat[torch.arange(shape[0]), face] = sign * eps
+    face = torch.randint(0, flat.shape[1], (shape[0],), generator=generator, device=draw_on)
+    sign = torch.randint(0, 2, (shape[0],), generator=generator, device=draw_on).float() * 2 - 1
+    flat[torch.arange(shape[0], device=draw_on), face] = sign * eps
     return delta.to(device)
 
 

@@ -30,6 +30,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from kernels.info_nce import NonFiniteEmbeddingError
 from vidcsl.config import Config, config_to_dict, save_config
 from vidcsl.data.factory import DataBundle, build_datasets, set_dataset_epoch
 from vidcsl.methods.base import Method, StepContext, build_method, method_class
@@ -151,7 +152,7 @@ class Trainer:
                              f"continue it, or choose another train.name / --run-dir")
         if self.resume and not self.ckpt_path.exists():
             raise ValueError(f"--resume: no checkpoint at {str(self.ckpt_path)!r}")
-        seed_everything(t.seed, t.deterministic)
+        seed_everything(t.seed + self.info.rank, t.deterministic)  # ranks draw different augmentations
         per_step = self.info.world_size * t.accumulate
         if t.batch_size % per_step:
             raise ValueError(f"config key 'train.batch_size' ({t.batch_size}) must be divisible by processes x "
@@ -274,7 +275,7 @@ class Trainer:
     def _micro_step(self, batch: Any, last: bool) -> tuple[torch.Tensor | None, dict]:
         """Forward + backward of one micro-batch -> (loss, or None if some rank had no batch; logs)."""
         no_batch, size = self._sync_batch(batch)
-        if no_batch:
+        if no_batch or size < 2:  # nothing left after dropping bad samples (or no pair to contrast)
             self.counts["skipped_batches"] += 1
             self.counts["bad_samples"] += self.micro_batch if batch is None else getattr(batch, "dropped", 0)
             return None, {}
@@ -287,7 +288,10 @@ class Trainer:
         autocast = torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None)
         with sync:
             with autocast:
-                loss, logs = self.model(batch, self._context())
+                try:
+                    loss, logs = self.model(batch, self._context())
+                except NonFiniteEmbeddingError as err:  # diverged: NaN/inf embeddings reach the loss
+                    raise self._non_finite(float("nan"), str(err)) from err
             self.scaler.scale(loss.float() / self.cfg.train.accumulate).backward()
         self.counts["samples"] += size
         return loss.detach().float(), logs
@@ -303,10 +307,11 @@ class Trainer:
         self.scheduler.step()
         self.method.after_optimizer_step()
 
-    def _non_finite(self, loss: float) -> NonFiniteLossError:
+    def _non_finite(self, loss: float, why: str = "") -> NonFiniteLossError:
         kept = str(self.ckpt_path) if self.ckpt_path.exists() else "none (no checkpoint was written yet)"
+        why = f" ({why})" if why else ""
         return NonFiniteLossError(
-            f"non-finite loss ({loss}) at epoch {self.epoch}, optimiser step {self.global_step}; stopping the run. "
+            f"non-finite loss ({loss}){why} at epoch {self.epoch}, optimiser step {self.global_step}; stopping the run. "
             f"Last good checkpoint: {kept}. Try a lower optim.lr, optim.grad_clip, or train.precision=fp32.")
 
     def fit(self) -> TrainResult:
