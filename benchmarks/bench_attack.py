@@ -86,13 +86,13 @@ def main() -> None:
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     shapes = SMALL if args.small else FULL
-    repeats = args.repeats or (1 if args.small else 3)
+    repeats = args.repeats or (5 if args.small else 3)
     rows = []
     cases = [(m, n) for m in shapes for n in NORMS if not (n == "l2" and len(shapes[m]) == 5)]
     # torchattacks' PGDL2 reshapes norms to (B,1,1,1): images only, so no L2 row for clips.
     for model_name, norm in tqdm(cases, desc=f"PGD-{args.steps}"):
         rows.append(bench_case(model_name, norm, shapes[model_name], args.steps, repeats, device,
-                               warmup=not args.small))
+                               warmup=True))
     table = to_markdown(rows, digits=4)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 
 from kernels.info_nce import info_nce
 from kernels.reference import info_nce_reference
+from vidcsl.attacks.pgd import frozen_for_attack
 from vidcsl.config import load_config
 from vidcsl.methods.acl import ACL
 from vidcsl.methods.base import StepContext, build_method
@@ -290,3 +292,27 @@ def test_configs_build_their_method(config, cls, fn_detector):
     assert type(method) is cls and cfg.fn.detector == fn_detector
     want_eps = {CLAE: 0.015, RoCL: 8 / 255, ACL: 8 / 255}[cls]
     assert method.options["eps"] == pytest.approx(want_eps)
+
+
+@pytest.mark.parametrize("name, attack", [("clae", "batch_attack"), ("rocl", "instance_attack")])
+def test_attack_target_is_the_clean_view_through_the_clean_bn(name, attack, monkeypatch):
+    """CLAE's adversary perturbs through the auxiliary BN but aims at the clean branch's embedding."""
+    import vidcsl.attacks.contrastive as contrastive
+
+    method = make_method(name, {"dual_bn": True})
+    distinguish_branches(method)
+    x1, x2, y = make_batch()
+    seen = {}
+    real = getattr(contrastive, attack)
+
+    def spy(*args, **kwargs):
+        seen["target"] = kwargs["target"]
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sys.modules[type(method).__module__], attack, spy)
+    other = x1 if name == "clae" else x2  # CLAE attacks view j against i; RoCL view i against j
+    method.make_adversarial(x1, x2, y, StepContext())
+    with frozen_for_attack(method.projector(), "train"), torch.no_grad():  # the attack's (train) mode
+        clean, adversarial = method.project(other), method.project_adversarial(other)
+    torch.testing.assert_close(seen["target"], clean)
+    assert not torch.allclose(seen["target"], adversarial, atol=1e-3)

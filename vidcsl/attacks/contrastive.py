@@ -34,6 +34,16 @@ def _check_pair(x: Tensor, x_other: Tensor) -> None:
         raise ValueError(f"x_other has batch {x_other.shape[0]}, x has {x.shape[0]}: views must pair up")
 
 
+def _target(model: nn.Module, x: Tensor, x_other: Tensor, target: Tensor | None) -> Tensor:
+    """Fixed embeddings of the other view: given by the caller (e.g. through a clean BN branch while the
+    attack runs through the adversarial one), or computed here by the attacked model."""
+    _check_pair(x, x_other if target is None else target)
+    if target is not None:
+        return target.detach()
+    with torch.no_grad():
+        return model(x_other).detach()
+
+
 def instance_attack(
     encoder_with_head: nn.Module,
     x: Tensor,
@@ -48,16 +58,16 @@ def instance_attack(
     generator: torch.Generator | None = None,
     mode: str = "eval",
     nce_kwargs: dict[str, Any] | None = None,
+    target: Tensor | None = None,
 ) -> Tensor:
     """RoCL: PGD that maximises NT-Xent between the projection of ``x_adv`` and that of ``x_other``.
 
     ``nce_kwargs`` (labels, fn_threshold, fn_topk, fn_mode, ...) go to ``info_nce`` unchanged, so a
-    method with false-negative removal attacks the loss it trains on.
+    method with false-negative removal attacks the loss it trains on. ``target``: the other view's
+    projections, if the caller computed them (``x_other`` is then ignored).
     """
-    _check_pair(x, x_other)
     with frozen_for_attack(encoder_with_head, mode):
-        with torch.no_grad():
-            target = encoder_with_head(x_other).detach()
+        target = _target(encoder_with_head, x, x_other, target)
         objective = _nce_objective(encoder_with_head, target, temperature, nce_kwargs)
         return maximize(
             objective, x, eps=eps, alpha=alpha, steps=steps, norm=norm, random_init=random_start,
@@ -75,18 +85,17 @@ def batch_attack(
     norm: str = "linf",
     mode: str = "eval",
     nce_kwargs: dict[str, Any] | None = None,
+    target: Tensor | None = None,
 ) -> Tensor:
     """CLAE: one FGSM step (no random start) on the batch's NT-Xent between ``x_adv`` and ``x_other``.
 
     ``x_adv`` starts at ``x``; ``x_other`` defaults to ``x`` itself (the pair is then identical at the
     start and the gradient comes from the negatives). CLAE attacks view j against view i: pass
-    ``x=x_j, x_other=x_i``.
+    ``x=x_j, x_other=x_i``. ``target``: the other view's projections, if the caller computed them.
     """
     x_other = x if x_other is None else x_other
-    _check_pair(x, x_other)
     with frozen_for_attack(encoder_with_head, mode):
-        with torch.no_grad():
-            target = encoder_with_head(x_other).detach()
+        target = _target(encoder_with_head, x, x_other, target)
         objective = _nce_objective(encoder_with_head, target, temperature, nce_kwargs)
         return maximize(objective, x, eps=eps, alpha=eps, steps=1, norm=norm, random_init=False)
 

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from vidcsl.attacks.pgd import frozen_for_attack
 from vidcsl.methods.base import StepContext
 from vidcsl.methods.false_negatives import fn_loss_kwargs
 from vidcsl.methods.simclr import SimCLR
@@ -117,6 +118,12 @@ class AdversarialSimCLR(SimCLR):
         """Route forward passes through the auxiliary BNs (a no-op without dual BN)."""
         with use_adversarial_bn(self, enabled=self.options["dual_bn"]):
             yield
+
+    def attack_target(self, x: Tensor) -> Tensor:
+        """The attack's fixed target: projections of the *clean* view through the clean BN branch, with
+        BN statistics and the mode left untouched (as CLAE's code computes it)."""
+        with frozen_for_attack(self.projector(), self.attack_mode()), torch.no_grad():
+            return self.project(x).detach()
 
     def project_adversarial(self, x: Tensor) -> Tensor:
         """Projection of adversarial inputs, through the auxiliary BNs when dual BN is on."""

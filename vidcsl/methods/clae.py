@@ -5,10 +5,8 @@
 ``x_j_adv`` is one FGSM step of size ``eps`` from ``x_j`` that maximises the whole batch's NT-Xent
 against view ``i`` (``vidcsl.attacks.contrastive.batch_attack``): an adversary that makes the batch's
 instance discrimination hard, rather than one sample's. Adversarial inputs go through auxiliary BN
-(dual BN, AdvProp-style); during the attack too, so the adversary targets the branch it is fed to
-(the attack's clean target ``z_i`` is then also computed through the auxiliary BN: ``batch_attack``
-embeds both sides with one module; in train mode that differs from the clean branch only by the BN
-affine parameters).
+(dual BN, AdvProp-style); during the attack too, so the adversary targets the branch it is fed to,
+while the attack's fixed target ``z_i`` is the clean view through the clean BN branch.
 
 Options (``method.options``): ``eps`` 0.015 (pixels in [0, 1]), ``adv_weight`` 1.0 (CLAE's alpha),
 ``dual_bn`` true, ``attack_mode`` auto, ``attack_fn`` true, ``norm`` linf. With ``cfg.fn`` both
@@ -35,10 +33,11 @@ class CLAE(AdversarialSimCLR):
     def make_adversarial(self, x_i: Tensor, x_j: Tensor, labels: Tensor | None, ctx: StepContext) -> Tensor:
         """``x_j_adv``: one FGSM step from ``x_j`` up the batch NT-Xent against ``x_i``."""
         o = self.options
+        target = self.attack_target(x_i)
         with self.adversarial_branch():
             return batch_attack(self.projector(), x_j, x_i, eps=o["eps"], temperature=self.cfg.method.temperature,
                                 norm=o["norm"], mode=self.attack_mode(),
-                                nce_kwargs=self.attack_nce_kwargs(labels, ctx))
+                                nce_kwargs=self.attack_nce_kwargs(labels, ctx), target=target)
 
     def training_step(self, batch: Any, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         (x_i, x_j), y = self.split_batch(batch)

@@ -42,11 +42,12 @@ class RoCL(AdversarialSimCLR):
     def make_adversarial(self, x_i: Tensor, x_j: Tensor, labels: Tensor | None, ctx: StepContext) -> Tensor:
         """``x_adv(i)``: PGD from ``x_i`` up the NT-Xent of ``x_adv`` against view ``j``."""
         o = self.options
+        target = self.attack_target(x_j)
         with self.adversarial_branch():
             return instance_attack(self.projector(), x_i, x_j, eps=o["eps"], alpha=o["alpha"], steps=o["steps"],
                                    temperature=self.cfg.method.temperature, norm=o["norm"],
                                    random_start=o["random_start"], mode=self.attack_mode(),
-                                   nce_kwargs=self.attack_nce_kwargs(labels, ctx))
+                                   nce_kwargs=self.attack_nce_kwargs(labels, ctx), target=target)
 
     def training_step(self, batch: Any, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         (x_i, x_j), y = self.split_batch(batch)
