@@ -115,5 +115,6 @@ def test_run_folder_contents_and_weights_only_checkpoint(kit, tmp_path):
         assert (folder / name).is_file(), name
     raw = torch.load(folder / "checkpoints" / "last.pt", weights_only=True)
     assert raw["config"]["method"]["name"] == "simclr" and "torch" in raw["rng"]
+    assert len(raw["rng_ranks"]) == 1 and torch.equal(raw["rng_ranks"][0]["torch"], raw["rng"]["torch"])
     assert 0.0 <= result.metrics["knn_val_acc"] <= 1.0
     assert "train/loss" in (folder / "metrics.csv").read_text()

@@ -216,10 +216,11 @@ class Trainer:
         }
 
     def save(self) -> Path | None:
-        """Rank 0 writes ``checkpoints/last.pt`` atomically; every rank waits for it."""
+        """Rank 0 writes ``checkpoints/last.pt`` atomically, with every rank's RNG state; every rank waits."""
+        rng_ranks = D.all_gather_objects(rng_state())  # ranks draw differently: resume each from its own
         path = None
         if self.info.is_main:
-            path = save_checkpoint(self.ckpt_path, self.state_dict())
+            path = save_checkpoint(self.ckpt_path, {**self.state_dict(), "rng_ranks": rng_ranks})
         D.barrier()
         return path
 
@@ -230,7 +231,9 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
-        set_rng_state(state["rng"])
+        ranks = state.get("rng_ranks") or []
+        same_world = len(ranks) == self.info.world_size
+        set_rng_state(ranks[self.info.rank] if same_world else state["rng"])
         p = state["progress"]
         self.epoch, self.step_in_epoch, self.global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
         self.counts.update(state.get("counts", {}))
