@@ -29,7 +29,8 @@ from vidcsl.attacks.pgd import pgd  # noqa: E402
 from vidcsl.models.registry import build_encoder  # noqa: E402
 from vidcsl.report.tables import to_markdown  # noqa: E402
 
-FULL = {"small_cnn": (256, 3, 32, 32), "small_cnn3d": (16, 3, 16, 112, 112)}
+FULL = {"small_cnn": (256, 3, 32, 32), "small_cnn3d": (16, 3, 16, 112, 112)}  # GPU sizes
+CPU = {"small_cnn": (128, 3, 32, 32), "small_cnn3d": (4, 3, 8, 56, 56)}  # the full run on a CPU
 SMALL = {"small_cnn": (16, 3, 32, 32), "small_cnn3d": (2, 3, 4, 32, 32)}
 NORMS = {"linf": (8 / 255, 2 / 255, torchattacks.PGD), "l2": (0.5, 0.1, torchattacks.PGDL2)}
 
@@ -85,7 +86,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    shapes = SMALL if args.small else FULL
+    shapes = SMALL if args.small else FULL if device.type == "cuda" else CPU
     repeats = args.repeats or (5 if args.small else 3)
     rows = []
     cases = [(m, n) for m in shapes for n in NORMS if not (n == "l2" and len(shapes[m]) == 5)]
