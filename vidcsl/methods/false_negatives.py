@@ -70,12 +70,15 @@ def fn_loss_kwargs(fn: FalseNegativeConfig, epoch: int, labels: torch.Tensor | N
     return kw
 
 
-def fn_logs(stats: dict[str, torch.Tensor]) -> dict[str, float]:
+def fn_logs(stats: dict[str, torch.Tensor], gather=None) -> dict[str, float]:
     """Scalar logs from the kernel's per-row stats: contrastive top-1, FNs found per row, precision, recall.
 
     Precision and recall are ratios of batch sums (NaN when undefined, e.g. nothing detected); they
-    need ``fn_correct`` / ``fn_possible``, present when stat labels were passed to the loss.
+    need ``fn_correct`` / ``fn_possible``, present when stat labels were passed to the loss. ``gather``
+    (e.g. ``StepContext.gather_nograd``) collects every rank's rows first, so DDP logs cover the global batch.
     """
+    if gather is not None:
+        stats = {k: gather(v.contiguous()) for k, v in stats.items()}
     logs = {"pos_top1": float(stats["pos_top1"].float().mean())}
     found = float(stats["fn_found"].sum())
     logs["fn_found_per_row"] = found / max(1, stats["fn_found"].numel())

@@ -71,7 +71,7 @@ class MoCo(SimCLR):
         else:
             loss, stats, gk, gy = self._direction(self.project(x1), self.keys(x2), y, ctx)
         self._enqueue(gk, gy)
-        logs = fn_logs(stats)
+        logs = fn_logs(stats, ctx.gather_nograd)
         logs["queue_fill"] = float(self.queue_len) / self.queue.shape[0]
         return loss, logs
 

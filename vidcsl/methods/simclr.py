@@ -42,7 +42,7 @@ class SimCLR(Method):
         kw.update(extra)
         loss, stats = nt_xent(g1, g2, self.cfg.method.temperature, backend=self.cfg.method.loss_backend,
                               row_offset=ctx.rank * n, num_rows=n, stat_labels=glabels, **kw)
-        return loss, fn_logs(stats)
+        return loss, fn_logs(stats, ctx.gather_nograd)
 
     def training_step(self, batch: Any, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         (x1, x2), y = self.split_batch(batch)
