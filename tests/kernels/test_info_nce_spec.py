@@ -5,6 +5,7 @@ Every fused path is tested against ``kernels.reference``; these tests check the 
 cannot hide behind agreeing implementations.
 """
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -84,3 +85,25 @@ def test_losses_ignore_an_enclosing_bf16_autocast():
         reference = info_nce(z1, z2, 0.1, fn_topk=2, backend="reference")
     torch.testing.assert_close(inside, plain)
     torch.testing.assert_close(reference, plain, rtol=1e-5, atol=1e-5)
+
+
+def _boundary_views():
+    """Unit rows: the negative pair (0, 1) has cosine exactly 0.6f whatever the summation order; every
+    other pair (positives included, which are never false negatives) is orthogonal."""
+    z1, z2 = torch.zeros(4, 9), torch.zeros(4, 9)
+    z1[0, 0] = 1.0
+    z1[1, 0], z1[1, 1] = 0.6, 0.8
+    z1[2, 2], z1[3, 3] = 1.0, 1.0
+    z2[torch.arange(4), torch.arange(4) + 4] = 1.0
+    return z1, z2
+
+
+@pytest.mark.parametrize("backend", ["reference", "torch", "triton"])
+def test_threshold_is_strict_at_an_exactly_representable_cosine(backend):
+    """``cos > t``: a negative at exactly the threshold is not a false negative, one just above is."""
+    z1, z2 = _boundary_views()
+    assert float(z1[0] @ z1[1]) == float(torch.tensor(0.6))
+    for t, expect_row0 in ((0.6, 0.0), (0.5999, 1.0)):
+        t32 = float(torch.tensor(t))  # the kernel compares in fp32
+        _, stats = info_nce(z1, z2, 0.1, fn_threshold=t32, normalize=False, return_stats=True, backend=backend)
+        assert stats["fn_found"].tolist() == [expect_row0, expect_row0] + [0.0] * 6

@@ -233,3 +233,29 @@ def test_bad_arguments_raise_clear_errors():
         pgd(model, x, y, eps=0.03, alpha=0.01, steps=1, mode="test")
     with pytest.raises(ValueError, match="batch"):
         instance_attack(model, x, x[:2], temperature=0.5)
+
+
+def test_every_attack_update_goes_through_the_fused_pgd_step(monkeypatch):
+    """Issue 5: attacks update through ``kernels.pgd.pgd_step`` (a hand-written update would also match
+    torchattacks, so count the calls)."""
+    import kernels.pgd
+
+    calls = []
+    real = kernels.pgd.pgd_step
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("norm", "linf"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(kernels.pgd, "pgd_step", counting)
+    model, (x, y) = small_cnn(), batch()
+    for run, expected in (
+        (lambda: pgd(model, x, y, eps=8 / 255, alpha=2 / 255, steps=3, norm="l2"), 3),
+        (lambda: fgsm(model, x, y, eps=8 / 255), 1),
+        (lambda: instance_attack(model, x, x, eps=8 / 255, alpha=2 / 255, steps=2, temperature=0.5), 2),
+        (lambda: batch_attack(model, x, temperature=0.5), 1),
+        (lambda: feature_attack(model, x, eps=8 / 255, alpha=2 / 255, steps=4), 4),
+    ):
+        calls.clear()
+        run()
+        assert len(calls) == expected
