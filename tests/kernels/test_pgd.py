@@ -223,6 +223,9 @@ def test_result_is_detached_and_auto_is_torch_on_cpu():
     out = pgd_step(x, g, x0, step_size=0.01, eps=0.03)
     assert not out.requires_grad
     assert torch.equal(out, pgd_step(x, g, x0, step_size=0.01, eps=0.03, backend="torch"))
+    import kernels.pgd
+
+    assert kernels.pgd._resolve_backend("auto", x0) == "torch"  # L-inf agrees on every path: ask directly
 
 
 def test_empty_batch_returns_empty():

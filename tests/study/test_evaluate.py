@@ -126,6 +126,9 @@ def test_evaluate_run_writes_files_and_report_matches_json(tiny_run):
         accs = [e["acc"] for e in entries]
         tol = 2 / saved["n_samples"]  # PGD is a heuristic: a larger ball may find one or two fewer
         assert all(b <= a + tol for a, b in zip(accs, accs[1:])), (norm, accs)
+        assert accs[-1] < saved["clean_acc"], (norm, accs)  # the largest ball must hurt: eps is applied
+    assert [e["eps"] for e in saved["robust"]["linf"]] == pytest.approx([v / 255 for v in (0, 2, 4, 8, 16)])
+    assert [e["eps"] for e in saved["robust"]["l2"]] == pytest.approx([0, 0.25, 1.0])
     md = (out / "report.md").read_text()
     rows = _table(md, "| norm | eps")
     flat = [(n, e) for n, es in saved["robust"].items() for e in es]

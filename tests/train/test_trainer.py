@@ -118,3 +118,16 @@ def test_run_folder_contents_and_weights_only_checkpoint(kit, tmp_path):
     assert len(raw["rng_ranks"]) == 1 and torch.equal(raw["rng_ranks"][0]["torch"], raw["rng"]["torch"])
     assert 0.0 <= result.metrics["knn_val_acc"] <= 1.0
     assert "train/loss" in (folder / "metrics.csv").read_text()
+
+
+def test_gradient_accumulation_equals_the_full_batch(kit, tmp_path):
+    """accumulate=2 micro-batches of 8 take the same optimiser steps as one batch of 16."""
+    whole = run(kit, tmp_path, "whole", method="supervised", data=kit.bundle(two_views=False), epochs=1)
+    split = run(kit, tmp_path, "split", method="supervised", data=kit.bundle(two_views=False), epochs=1,
+                accumulate=2)
+    assert split.metrics["global_step"] == whole.metrics["global_step"] == 3
+    a, b = whole.method.state_dict(), split.method.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
+    moved = kit.TinyEncoder().fc.weight
+    assert not torch.allclose(a["encoder.fc.weight"], moved)  # training really changed the weights
