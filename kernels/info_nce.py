@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import info_nce_torch
-from kernels.reference import cross_info_nce_reference, info_nce_reference
+from kernels.reference import _reduce, cross_info_nce_reference, info_nce_reference
 
 Tensor = torch.Tensor
 
@@ -220,14 +220,6 @@ def _inv_temp(temperature, like: Tensor) -> Tensor:
     if isinstance(temperature, Tensor):
         return 1.0 / temperature.to(device=like.device, dtype=dt).reshape(())
     return torch.tensor(1.0 / float(temperature), dtype=dt, device=like.device)
-
-
-def _reduce(rows: Tensor, reduction: str) -> Tensor:
-    if reduction == "mean":
-        return rows.mean()
-    if reduction == "sum":
-        return rows.sum()
-    return rows
 
 
 def _stats_out(stats: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -160,3 +160,19 @@ def load_trained_method(run_or_checkpoint: str | os.PathLike, map_location: str 
     method = build_method(cfg, encoder, int(state["num_classes"]))
     method.load_state_dict(state["model"])
     return method.to(map_location).eval(), cfg, state
+
+
+def load_for_evaluation(run_or_checkpoint: str | os.PathLike, overrides=(), device: str | None = None):
+    """A run's trained method for probing / kNN -> ``(method, cfg, device)``.
+
+    ``overrides`` (``probe.*``, data loading keys) are applied to the stored config and checked; the
+    method is in eval mode on ``device`` (default: the run's ``train.device``).
+    """
+    from vidcsl.config import apply_overrides, config_from_dict, config_to_dict, validate_config
+    from vidcsl.train.distributed import select_device
+
+    method, cfg, _ = load_trained_method(run_or_checkpoint)
+    cfg = config_from_dict(apply_overrides(config_to_dict(cfg), overrides))
+    validate_config(cfg)
+    dev = select_device(device or cfg.train.device)
+    return method.to(dev).eval(), cfg, dev

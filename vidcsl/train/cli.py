@@ -135,20 +135,14 @@ def _cmd_knn(args: argparse.Namespace) -> int:
 def run_knn(run_or_checkpoint: str, overrides: list[str] | tuple[str, ...] = (), *,
             device: str | None = None) -> dict[str, Any]:
     """kNN accuracy of a run's encoder on validation and test; writes ``knn.json`` in the run folder."""
-    from vidcsl.config import apply_overrides, config_from_dict, config_to_dict, validate_config
     from vidcsl.data.factory import build_datasets
-    from vidcsl.train.checkpoint import load_trained_method, resolve_checkpoint
-    from vidcsl.train.distributed import select_device
+    from vidcsl.train.checkpoint import load_for_evaluation, resolve_checkpoint
     from vidcsl.train.knn import extract_features, knn_accuracy
     from vidcsl.train.logging import write_json
     from vidcsl.train.trainer import make_loader
 
     path = resolve_checkpoint(run_or_checkpoint)
-    method, cfg, _ = load_trained_method(path)
-    cfg = config_from_dict(apply_overrides(config_to_dict(cfg), overrides))
-    validate_config(cfg)
-    dev = select_device(device or cfg.train.device)
-    method = method.to(dev).eval()
+    method, cfg, dev = load_for_evaluation(path, overrides, device)
     data = build_datasets(cfg.data, "eval", seed=cfg.train.seed)
     t, bs = cfg.train, cfg.probe.batch_size
 

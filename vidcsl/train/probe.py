@@ -160,19 +160,14 @@ def run_probe(run_or_checkpoint: str | os.PathLike, overrides: list[str] | tuple
     ``overrides`` change the stored config (``probe.*`` and data loading keys, e.g. ``probe.epochs=20``).
     Writes ``classifier.pt`` (weights_only-loadable) and ``probe.json``; returns the summary dict.
     """
-    from vidcsl.config import apply_overrides, config_from_dict, config_to_dict, validate_config
+    from vidcsl.config import config_to_dict
     from vidcsl.data.factory import build_datasets
-    from vidcsl.train.checkpoint import load_trained_method, resolve_checkpoint, save_checkpoint
-    from vidcsl.train.distributed import select_device
+    from vidcsl.train.checkpoint import load_for_evaluation, resolve_checkpoint, save_checkpoint
     from vidcsl.train.logging import write_json
     from vidcsl.train.trainer import make_loader
 
     path = resolve_checkpoint(run_or_checkpoint)
-    method, cfg, _ = load_trained_method(path)
-    cfg = config_from_dict(apply_overrides(config_to_dict(cfg), overrides))
-    validate_config(cfg)
-    dev = select_device(device or cfg.train.device)
-    method = method.to(dev).eval()
+    method, cfg, dev = load_for_evaluation(path, overrides, device)
     data = build_datasets(cfg.data, "eval" if cfg.probe.cached else "supervised", views=1, seed=cfg.train.seed)
     encoder = method.encoder
     bs, workers, progress = cfg.probe.batch_size, cfg.data.num_workers, cfg.train.progress
