@@ -36,12 +36,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one sub-command. User errors (:class:`vidcsl.errors.VidcslError`) print one line and return 2;
+    anything else is a bug and propagates with its traceback."""
+    from vidcsl.errors import EXIT_USER_ERROR, VidcslError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
-        return 2
-    return int(args.func(args) or 0)
+        return EXIT_USER_ERROR
+    try:
+        return int(args.func(args) or 0)
+    except VidcslError as err:
+        print(f"vidcsl {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_USER_ERROR
 
 
 if __name__ == "__main__":
