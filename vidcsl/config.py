@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -22,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from vidcsl.errors import ConfigError
 from vidcsl.methods.false_negatives import FalseNegativeConfig
 
 IMAGE_KINDS = ("embedded_digits", "cifar10", "cifar100", "image_folder")
@@ -30,8 +32,54 @@ DATASET_KINDS = IMAGE_KINDS + VIDEO_KINDS
 
 
 def choices(*options: str, default: str) -> Any:
-    """A string field restricted to ``options`` (checked by :func:`validate_config`)."""
+    """A string field restricted to ``options`` (checked when the config is built)."""
     return field(default=default, metadata={"choices": options})
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The values a numeric key accepts: bounds (any of ``ge``/``gt``/``le``/``lt``) and finiteness.
+
+    ``null`` is allowed exactly when the field's type allows it (``int | None``); a list field's domain
+    applies to every element. Every float must be finite unless ``finite=False``.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    finite: bool = True
+
+    def describe(self) -> str:
+        parts = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le),
+                                                     ("<", self.lt)) if bound is not None]
+        return " and ".join(parts) or "finite"
+
+    def check(self, value: Any, key: str) -> None:
+        """Raise :class:`ConfigError` naming ``key`` when ``value`` (a number, list of numbers or None) is outside."""
+        if isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                self.check(v, f"{key}[{i}]")
+            return
+        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+            return
+        ok = not (self.finite and not math.isfinite(value))
+        ok = ok and (self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
+        ok = ok and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt)
+        if not ok:
+            raise ConfigError(f"config key '{key}' must be {self.describe()}, got {value!r}")
+
+
+def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
+            lt: float | None = None, finite: bool = True) -> Any:
+    """A numeric field with a :class:`Domain`, checked when the config is built (a list default is copied)."""
+    meta = {"domain": Domain(ge, gt, le, lt, finite)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+FINITE = Domain()  # what every float key accepts unless its field declares a domain
 
 
 @dataclass
@@ -180,15 +228,15 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
 def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """Read a YAML mapping, merging it over its ``base:`` file if it names one."""
     if not path.is_file():
-        raise ValueError(f"config file {str(path)!r} does not exist")
+        raise ConfigError(f"config file {str(path)!r} does not exist")
     if path.resolve() in _seen:
-        raise ValueError(f"config file {str(path)!r} includes itself through 'base'")
+        raise ConfigError(f"config file {str(path)!r} includes itself through 'base'")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
     base = raw.pop("base", None)
     if base is None:
         return raw
@@ -209,7 +257,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
     raw = deep_merge({}, raw)
     for item in overrides:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like 'section.key=value'")
+            raise ConfigError(f"override {item!r} must look like 'section.key=value'")
         key, text = item.split("=", 1)
         try:
             value = yaml.safe_load(text) if text != "" else None
@@ -220,7 +268,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...])
         for part in parts[:-1]:
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: config key {part!r} is not a section")
+                raise ConfigError(f"override {item!r}: config key {part!r} is not a section")
             node = child
         node[parts[-1]] = value
     return raw
@@ -245,7 +293,7 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise ValueError(f"config key '{where}' must be a mapping, got {type(raw).__name__}")
+        raise ConfigError(f"config key '{where}' must be a mapping, got {type(raw).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -254,13 +302,22 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if key not in fields:
             close = difflib.get_close_matches(str(key), list(fields), n=1)
             hint = f" (did you mean '{prefix}{close[0]}'?)" if close else f" (known: {', '.join(fields)})"
-            raise ValueError(f"config key '{full}' is unknown{hint}")
+            raise ConfigError(f"config key '{full}' is unknown{hint}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, full + ".")
         else:
-            kwargs[key] = _check_type(value, tp, full)
+            kwargs[key] = _check_value(fields[key], _check_type(value, tp, full), full)
     return cls(**kwargs)
+
+
+def _check_value(f: dataclasses.Field, value: Any, key: str) -> Any:
+    """``value`` if it lies in the field's choices and domain (floats: finite by default), else ConfigError."""
+    allowed = f.metadata.get("choices")
+    if allowed and value not in allowed:
+        raise ConfigError(f"config key '{key}' must be one of {allowed}, got {value!r}")
+    f.metadata.get("domain", FINITE).check(value, key)
+    return value
 
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:
@@ -278,14 +335,14 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
                 return _check_type(value, arg, key)
             except ValueError:
                 pass
-        raise ValueError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+        raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
     if origin is list:
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"config key '{key}' expects a list, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a list, got {value!r}")
         return [_check_type(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)] if args else list(value)
     if origin is dict:
         if not isinstance(value, dict):
-            raise ValueError(f"config key '{key}' expects a mapping, got {value!r}")
+            raise ConfigError(f"config key '{key}' expects a mapping, got {value!r}")
         return dict(value)
     if tp is bool:
         if isinstance(value, bool):
@@ -304,7 +361,7 @@ def _check_type(value: Any, tp: Any, key: str) -> Any:
     elif tp is str:
         if isinstance(value, str):
             return value
-    raise ValueError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"config key '{key}' expects {_type_name(tp)}, got {value!r} ({type(value).__name__})")
 
 
 def _type_name(tp: Any) -> str:
@@ -324,7 +381,7 @@ def validate_config(cfg: Config, *, check_paths: bool = True) -> None:
         for f in dataclasses.fields(obj):
             allowed = f.metadata.get("choices")
             if allowed and getattr(obj, f.name) not in allowed:
-                raise ValueError(f"config key '{section}.{f.name}' must be one of {allowed}, "
+                raise ConfigError(f"config key '{section}.{f.name}' must be one of {allowed}, "
                                  f"got {getattr(obj, f.name)!r}")
     cfg.fn.validate("fn")
     positive = {"train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
@@ -337,25 +394,25 @@ def validate_config(cfg: Config, *, check_paths: bool = True) -> None:
                 "probe.batch_size": cfg.probe.batch_size}
     for key, value in positive.items():
         if value < 1:
-            raise ValueError(f"config key '{key}' must be >= 1, got {value}")
+            raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
     for key, value in {"method.temperature": cfg.method.temperature, "optim.lr": cfg.optim.lr,
                        "train.knn_temperature": cfg.train.knn_temperature, "probe.lr": cfg.probe.lr}.items():
         if not value > 0:
-            raise ValueError(f"config key '{key}' must be > 0, got {value}")
+            raise ConfigError(f"config key '{key}' must be > 0, got {value}")
     if not 0.0 <= cfg.method.moco_momentum < 1.0:
-        raise ValueError(f"config key 'method.moco_momentum' must lie in [0, 1), got {cfg.method.moco_momentum}")
+        raise ConfigError(f"config key 'method.moco_momentum' must lie in [0, 1), got {cfg.method.moco_momentum}")
     if not 0.0 < cfg.data.val_fraction < 1.0:
-        raise ValueError(f"config key 'data.val_fraction' must lie in (0, 1), got {cfg.data.val_fraction}")
+        raise ConfigError(f"config key 'data.val_fraction' must lie in (0, 1), got {cfg.data.val_fraction}")
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
-        raise ValueError(f"config key 'train.max_steps' must be >= 1, got {cfg.train.max_steps}")
+        raise ConfigError(f"config key 'train.max_steps' must be >= 1, got {cfg.train.max_steps}")
     if cfg.train.ckpt_every < 0:
-        raise ValueError(f"config key 'train.ckpt_every' must be >= 0, got {cfg.train.ckpt_every}")
+        raise ConfigError(f"config key 'train.ckpt_every' must be >= 0, got {cfg.train.ckpt_every}")
     if cfg.data.crop_scale is not None and not (len(cfg.data.crop_scale) == 2
                                                  and 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1):
-        raise ValueError(f"config key 'data.crop_scale' must be [low, high] with 0 < low <= high <= 1, "
+        raise ConfigError(f"config key 'data.crop_scale' must be [low, high] with 0 < low <= high <= 1, "
                          f"got {cfg.data.crop_scale}")
     if len(cfg.optim.betas) != 2:
-        raise ValueError(f"config key 'optim.betas' must hold two numbers, got {cfg.optim.betas}")
+        raise ConfigError(f"config key 'optim.betas' must hold two numbers, got {cfg.optim.betas}")
     if check_paths:
         check_data_paths(cfg.data)
 
@@ -366,11 +423,11 @@ def check_data_paths(data: DataConfig) -> None:
         return
     needs_root = data.kind not in ("video_list", "kinetics")
     if needs_root and not data.root:
-        raise ValueError(f"config key 'data.root' is required for data.kind={data.kind!r}")
+        raise ConfigError(f"config key 'data.root' is required for data.kind={data.kind!r}")
     named = {"data.root": data.root, "data.annotations": data.annotations, "data.train_list": data.train_list,
              "data.val_list": data.val_list, "data.test_list": data.test_list}
     if data.kind in ("video_list", "kinetics") and not data.train_list:
-        raise ValueError(f"config key 'data.train_list' is required for data.kind={data.kind!r}")
+        raise ConfigError(f"config key 'data.train_list' is required for data.kind={data.kind!r}")
     for key, path in named.items():
         if path and not os.path.exists(os.path.expanduser(path)):
-            raise ValueError(f"dataset path {path!r} (config key '{key}') does not exist")
+            raise ConfigError(f"dataset path {path!r} (config key '{key}') does not exist")
