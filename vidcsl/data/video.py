@@ -11,6 +11,7 @@ from __future__ import annotations
 import collections
 import itertools
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -290,7 +291,11 @@ def _check_declared(path: str, declared: int, held: int) -> None:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    # decord prefixes its messages with "[hh:mm:ss] /its/source.cc:123: [the file] "
+    line = re.sub(r"^\[[\d:]+\] \S+:\d+: (\[[^\]]*\] )?", "", text[0])
+    return f"{type(err).__name__}: {line[:200]}"
 
 
 def open_video(path: str | os.PathLike, backend: str = "decord") -> DecordReader | PyAVReader:
