@@ -104,7 +104,7 @@ class PyAVReader:
         self.num_frames = len(pts)
         _check_declared(self.path, self._stream.frames or 0, self.num_frames)
         ctx = self._stream.codec_context
-        b_frames = bool(ctx.has_b_frames)
+        codec, b_frames = ctx.name, bool(ctx.has_b_frames)
         timestamps = None not in pts and len(set(pts)) == len(pts)
         open_gop = decode_order_times = False
         self._keyframes = np.zeros(1, np.int64)
@@ -121,7 +121,7 @@ class PyAVReader:
             # B-frames but packet times in decode order: the container (e.g. h264 in AVI) stores no display times
             decode_order_times = b_frames and bool(np.all(np.diff(stamps) > 0)) and self._has_reorder()
         self.sequential = not timestamps or decode_order_times
-        self.facts = StreamFacts(format=self._container.format.name.split(",")[0], codec=ctx.name,
+        self.facts = StreamFacts(format=self._container.format.name.split(",")[0], codec=codec,
                                  frames=self.num_frames, b_frames=b_frames, timestamps=timestamps,
                                  decode_order_times=decode_order_times, open_gop=open_gop)
 
