@@ -47,8 +47,22 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join([fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(fmt, rows)])
 
 
+FOLD_LAYOUTS = ("ucf101", "hmdb51")
+_OPTION_LAYOUTS = {"--list-file": ("list",), "--csv-file": ("kinetics",), "--fold": FOLD_LAYOUTS}
+
+
 def _check_args(args: argparse.Namespace) -> None:
-    """Values argparse lets through but nothing can use: one line naming the option, before any work."""
+    """Values argparse lets through but nothing can use, and options the layout would ignore: one line naming
+    the option, before any work. Fills the defaults of ``--fold`` and ``--verify-frames``."""
+    for flag, given, applies in (("--list-file", args.list_file, args.layout == "list"),
+                                 ("--csv-file", args.csv_file, args.layout == "kinetics"),
+                                 ("--fold", args.fold, args.layout in FOLD_LAYOUTS),
+                                 ("--verify-frames", args.verify_frames, args.verify)):
+        if given is not None and not applies:
+            needs = "--verify" if flag == "--verify-frames" else f"--layout {' or '.join(_OPTION_LAYOUTS[flag])}"
+            raise UsageError(f"{flag} has no effect without {needs}")
+    args.fold = 1 if args.fold is None else args.fold
+    args.verify_frames = 8 if args.verify_frames is None else args.verify_frames
     for flag, value in (("--num-frames", args.num_frames), ("--stride", args.stride), ("--fold", args.fold),
                         ("--verify-frames", args.verify_frames)):
         if value < 1:
@@ -93,7 +107,8 @@ def run_check(args: argparse.Namespace) -> int:
     good = [r for r in rows if r["ok"]]
     bad = [r for r in rows if not r["ok"]]
     span = clip_span(args.num_frames, args.stride)
-    print(f"{args.layout} {args.split} (fold {args.fold}): {len(samples)} videos, {len(classes)} classes, "
+    fold = f" (fold {args.fold})" if args.layout in FOLD_LAYOUTS else ""
+    print(f"{args.layout} {args.split}{fold}: {len(samples)} videos, {len(classes)} classes, "
           f"{len(good)} readable, {len(bad)} bad (clip = {args.num_frames} frames at stride {args.stride}, "
           f"{span} source frames{' at source fps' if args.target_fps is None else ''})")
     if good:
@@ -128,15 +143,16 @@ def add_commands(subparsers) -> None:
     check.add_argument("root", help="dataset root folder")
     check.add_argument("--layout", required=True, choices=list(LAYOUTS))
     check.add_argument("--split", default="train")
-    check.add_argument("--fold", type=int, default=1)
+    check.add_argument("--fold", type=int, default=None, help="ucf101 / hmdb51 split number (default 1)")
     check.add_argument("--list-file", default=None, help="list layout: 'path label' file (default root/<split>.txt)")
     check.add_argument("--csv-file", default=None, help="kinetics layout: CSV (default root/<split>.csv)")
-    check.add_argument("--backend", default="pyav", choices=BACKENDS)
+    check.add_argument("--backend", default="decord", choices=BACKENDS,
+                       help="reader to check with (default decord, as in training: files it would misread go to PyAV)")
     check.add_argument("--num-frames", type=int, default=8)
     check.add_argument("--stride", type=int, default=2)
     check.add_argument("--target-fps", type=float, default=None)
     check.add_argument("--verify", action="store_true",
                        help="compare decord with PyAV on sampled frames and record the files where they disagree")
-    check.add_argument("--verify-frames", type=int, default=8, help="frames sampled per file by --verify")
+    check.add_argument("--verify-frames", type=int, default=None, help="frames sampled per file by --verify (8)")
     check.set_defaults(func=run_check)
     data.set_defaults(func=lambda args: data.print_help() or 2)
