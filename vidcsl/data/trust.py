@@ -33,7 +33,6 @@ class StreamFacts:
 
     format: str  # FFmpeg demuxer, first name ("mov" for mp4, "matroska" for mkv/webm, "avi", "mpegts", ...)
     codec: str
-    frames: int  # packets holding a frame
     b_frames: bool  # the decoder may reorder frames
     timestamps: bool  # every packet carries a distinct presentation timestamp
     decode_order_times: bool  # the timestamps follow decode order although the decoder reorders (no display times)

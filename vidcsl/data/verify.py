@@ -56,7 +56,7 @@ def _decord_frames(path: str, indices: list[int], num_frames: int) -> tuple[list
 
 
 def _explain(ref: PyAVReader, got: torch.Tensor, indices: list[int], wrong: list[int], truth: torch.Tensor) -> str:
-    """'frame 17 came back as 19, ...': the PyAV frame nearby that decord's frame matches, where one does."""
+    """'17 -> 19, ...' (asked for frame 17, got frame 19): the nearby PyAV frame decord's frame matches, if any."""
     parts = []
     for k in sorted(wrong, key=lambda k: indices[k])[:3]:
         i = indices[k]

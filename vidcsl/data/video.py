@@ -122,7 +122,7 @@ class PyAVReader:
             decode_order_times = b_frames and bool(np.all(np.diff(stamps) > 0)) and self._has_reorder()
         self.sequential = not timestamps or decode_order_times
         self.facts = StreamFacts(format=self._container.format.name.split(",")[0], codec=codec,
-                                 frames=self.num_frames, b_frames=b_frames, timestamps=timestamps,
+                                 b_frames=b_frames, timestamps=timestamps,
                                  decode_order_times=decode_order_times, open_gop=open_gop)
 
     def _has_reorder(self) -> bool:
