@@ -27,7 +27,7 @@ from vidcsl.errors import ConfigError
 from vidcsl.methods.false_negatives import FalseNegativeConfig
 
 IMAGE_KINDS = ("embedded_digits", "cifar10", "cifar100", "image_folder")
-VIDEO_KINDS = ("embedded_video", "ucf101", "hmdb51", "kinetics", "video_list", "video_folder")
+VIDEO_KINDS = ("embedded_video", "ucf101", "hmdb51", "kinetics", "ssv2", "video_list", "video_folder")
 DATASET_KINDS = IMAGE_KINDS + VIDEO_KINDS
 
 

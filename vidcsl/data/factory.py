@@ -17,7 +17,12 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
+from vidcsl.errors import ConfigError, DataError
+
 MODES = ("contrastive", "supervised", "eval")
+# datasets with an official train / test split pair: test is the split reported (SSv2's test labels are not
+# public, so its validation split is the one papers report); validation is held out of train
+OFFICIAL_TEST_SPLIT = {"ucf101": "test", "hmdb51": "test", "ssv2": "validation"}
 
 
 @dataclass
@@ -98,7 +103,7 @@ def _image_arrays(data_cfg: Any, seed: int) -> tuple[dict[str, tuple[Any, np.nda
             if (root / split).is_dir():
                 part = images.load_image_folder(root / split)
                 if part.classes != train.classes:
-                    raise ValueError(f"image folder {root / split}: classes differ from {root / 'train'}")
+                    raise DataError(f"image folder {root / split}: classes differ from {root / 'train'}")
                 out[split] = (part.paths, part.labels)
         if "val" not in out:
             out["train"], out["val"] = _carve(out["train"], data_cfg.val_fraction, seed)
@@ -167,11 +172,11 @@ def _video_samples(data_cfg: Any, seed: int) -> tuple[dict[str, list], list[str]
         info = embedded_video(data_cfg.cache_dir)
         out = {s: read_split("list", info["root"], split=s, list_file=info[s])[0] for s in ("train", "val", "test")}
         return out, list(info["classes"])
-    if kind in ("ucf101", "hmdb51"):
+    if kind in OFFICIAL_TEST_SPLIT:
         root = _existing(data_cfg.root, "data.root")
         kw = dict(fold=data_cfg.fold, splits_dir=data_cfg.annotations)
         train, names = read_split(kind, root, split="train", **kw)
-        test, _ = read_split(kind, root, split="test", **kw)
+        test, _ = read_split(kind, root, split=OFFICIAL_TEST_SPLIT[kind], **kw)
         (tr, _), (va, _) = _carve((train, np.array([y for _, y in train])), data_cfg.val_fraction, seed)
         return {"train": tr, "val": va, "test": test}, names
     if kind == "kinetics":
@@ -198,7 +203,7 @@ def _video_samples(data_cfg: Any, seed: int) -> tuple[dict[str, list], list[str]
         if (root / split).is_dir():
             out[split], split_names = read_split("folder", root, split=split)
             if split_names != names:
-                raise ValueError(f"video folder {root / split}: classes differ from the training folder")
+                raise DataError(f"video folder {root / split}: classes differ from the training folder")
     if not (root / "train").is_dir():  # one folder for everything: carve test too
         (rest, _), (out["test"], _) = _carve((train, np.array([y for _, y in train])), data_cfg.val_fraction,
                                              seed + 1)
@@ -234,8 +239,8 @@ def _video_bundle(data_cfg: Any, mode: str, views: int, seed: int) -> DataBundle
         train_tf = clip_train_transform(data_cfg.image_size, data_cfg.aug_strength, **scale)
         sampler = data_cfg.clip_sampler if views == 2 else "random"
         if views == 2 and sampler != "two_clip":
-            raise ValueError(f"config key 'data.clip_sampler' must be 'two_clip' for two-view training, "
-                             f"got {sampler!r}")
+            raise ConfigError(f"config key 'data.clip_sampler' must be 'two_clip' for two-view training, "
+                              f"got {sampler!r}")
         train = VideoClipDataset(samples["train"], sampler=sampler, transform=train_tf,
                                  max_gap_s=data_cfg.max_gap_s, same_time=data_cfg.same_time, **common)
     test = samples.get("test")
@@ -246,8 +251,8 @@ def _video_bundle(data_cfg: Any, mode: str, views: int, seed: int) -> DataBundle
 
 def _existing(path: str | None, key: str) -> str:
     if not path:
-        raise ValueError(f"config key '{key}' is required for this dataset kind")
+        raise ConfigError(f"config key '{key}' is required for this dataset kind")
     path = os.path.expanduser(path)
     if not os.path.exists(path):
-        raise ValueError(f"dataset path {path!r} (config key '{key}') does not exist")
+        raise DataError(f"dataset path {path!r} (config key '{key}') does not exist")
     return path

@@ -1,14 +1,17 @@
 """Video clip streaming: decord / PyAV readers, the clip dataset, and a collate that drops bad samples.
 
 Readers decode only the frames a clip needs and return uint8 (T, H, W, C) tensors; both backends number frames
-by presentation time, so the same indices give the same frames. The dataset opens readers lazily in the process
-that uses them (each DataLoader worker has its own), and a file that cannot give a clip is skipped, never fatal.
+by presentation time, so the same indices give the same frames (files decord would misread are read by PyAV:
+see :mod:`vidcsl.data.trust` and docs/data.md). The dataset opens readers lazily in the process that uses them
+(each DataLoader worker has its own), and a file that cannot give a clip is skipped, never fatal.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
 import os
+import re
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -17,12 +20,14 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from vidcsl.data.sampling import random_clip, two_clips, uniform_clips
+from vidcsl.data.trust import StreamFacts, decord_misreads, recorded_misread
+from vidcsl.errors import DataError
 
 BACKENDS = ("decord", "pyav")
 SAMPLERS = ("random", "uniform", "two_clip")
 
 
-class VideoReadError(ValueError):
+class VideoReadError(DataError):
     """A video file cannot be opened or decoded; the message names the file and the reason."""
 
 
@@ -48,26 +53,24 @@ def _unique_sorted(indices: Sequence[int], num_frames: int, path: str) -> tuple[
 
 
 class PyAVReader:
-    """Seek-and-decode reader on PyAV with bounded memory.
+    """Seek-and-decode reader on PyAV with bounded memory; the reference the decord reader is checked against.
 
     Opening demuxes the packet headers once (no decoding) to number frames by presentation time and to locate
-    keyframes. ``get_frames`` seeks to the keyframe at or before each wanted run, decodes forward and keeps only
-    the wanted frames, so memory is O(T) however long the video.
+    keyframes. ``get_frames`` seeks to the keyframe at or before each wanted run, decodes forward and identifies
+    every decoded frame by its timestamp, keeping only the wanted ones (memory O(T) however long the video). A
+    seek that lands after the wanted frame (containers without a seek index, e.g. MPEG-TS) is retried from an
+    earlier keyframe, then from the start of the file. Streams without usable timestamps (none, duplicated, or
+    decode times only) are read sequentially: the n-th frame out of the decoder is frame n (``sequential``).
     """
 
     def __init__(self, path: str):
-        import av
-
         _check_file(path)
         self.path = path
-        try:
-            self._container = av.open(path)
-        except Exception as err:  # noqa: BLE001 - any open failure means an unreadable file
-            raise VideoReadError(f"{path}: cannot open ({_first_line(err)})") from err
+        self._container = None
+        self._open()
         try:
             if not self._container.streams.video:
                 raise VideoReadError(f"{path}: no video stream")
-            self._stream = self._container.streams.video[0]
             self._index_packets()
             rate = self._stream.average_rate or self._stream.guessed_rate
             self.fps = float(rate) if rate else float("nan")
@@ -77,34 +80,54 @@ class PyAVReader:
                 raise
             raise VideoReadError(f"{path}: cannot index packets ({_first_line(err)})") from err
 
+    def _open(self) -> None:
+        """(Re)open the container: a fresh demuxer starts at the first byte, which no seek can promise."""
+        import av
+
+        self.close()
+        try:
+            self._container = av.open(self.path)
+        except Exception as err:  # noqa: BLE001 - any open failure means an unreadable file
+            raise VideoReadError(f"{self.path}: cannot open ({_first_line(err)})") from err
+        if self._container.streams.video:
+            self._stream = self._container.streams.video[0]
+
     def _index_packets(self) -> None:
         pts, keys = [], []
         for packet in self._container.demux(self._stream):
             if packet.size == 0:  # flush packet
                 continue
-            stamp = packet.pts if packet.pts is not None else packet.dts
-            if stamp is None:
-                continue
-            pts.append(stamp)
+            pts.append(packet.pts)
             keys.append(packet.is_keyframe)
         if not pts:
             raise VideoReadError(f"{self.path}: video stream holds no frames")
-        order = np.argsort(np.asarray(pts), kind="stable")
-        self._pts = np.asarray(pts, dtype=np.int64)[order]
-        self._pts_to_index = {int(p): i for i, p in enumerate(self._pts)}
-        self._keyframes = np.flatnonzero(np.asarray(keys)[order])
-        if self._keyframes.size == 0 or self._keyframes[0] != 0:
-            self._keyframes = np.concatenate([[0], self._keyframes])
-        self.num_frames = len(self._pts)
+        self.num_frames = len(pts)
         _check_declared(self.path, self._stream.frames or 0, self.num_frames)
-        # B-frames but packet pts in decode order: the container (e.g. h264 in AVI) stores no display times, so
-        # frames are numbered by decoder output order from the start instead of by pts (correct, no seeking)
-        in_order = bool(np.all(np.diff(np.asarray(pts)) > 0))
-        self.sequential = bool(self._stream.codec_context.has_b_frames) and in_order and self._has_reorder()
+        ctx = self._stream.codec_context
+        codec, b_frames = ctx.name, bool(ctx.has_b_frames)
+        timestamps = None not in pts and len(set(pts)) == len(pts)
+        open_gop = decode_order_times = False
+        self._keyframes = np.zeros(1, np.int64)
+        if timestamps:
+            stamps = np.asarray(pts, dtype=np.int64)
+            order = np.argsort(stamps, kind="stable")
+            rank = np.empty_like(order)
+            rank[order] = np.arange(len(order))
+            self._pts = stamps[order]
+            self._pts_to_index = {int(p): i for i, p in enumerate(self._pts)}
+            key_at = np.flatnonzero(np.asarray(keys))  # decode positions of the keyframes
+            open_gop = bool(np.any(rank[key_at] != key_at))
+            self._keyframes = np.union1d([0], rank[key_at])
+            # B-frames but packet times in decode order: the container (e.g. h264 in AVI) stores no display times
+            decode_order_times = b_frames and bool(np.all(np.diff(stamps) > 0)) and self._has_reorder()
+        self.sequential = not timestamps or decode_order_times
+        self.facts = StreamFacts(format=self._container.format.name.split(",")[0], codec=codec,
+                                 b_frames=b_frames, timestamps=timestamps,
+                                 decode_order_times=decode_order_times, open_gop=open_gop)
 
     def _has_reorder(self) -> bool:
-        """Whether the decoder's output pts disagree with sorted packet pts (checked on the first frames)."""
-        self._container.seek(int(self._pts[0]), stream=self._stream, backward=True, any_frame=False)
+        """Whether the decoder's output times disagree with the sorted packet times (checked on the first frames)."""
+        self._open()
         got = []
         for frame in self._container.decode(self._stream):
             got.append(frame.pts)
@@ -112,38 +135,21 @@ class PyAVReader:
                 break
         return got != [int(p) for p in self._pts[: len(got)]]
 
-    def _keyframe_before(self, index: int) -> int:
-        return int(self._keyframes[np.searchsorted(self._keyframes, index, side="right") - 1])
+    def _keyframe_slot(self, index: int) -> int:
+        """Position in ``_keyframes`` of the last keyframe at or before frame ``index``."""
+        return int(np.searchsorted(self._keyframes, index, side="right")) - 1
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         """Frames at ``indices`` (any order, repeats allowed) as uint8 (T, H, W, C)."""
         wanted, inverse = _unique_sorted(indices, self.num_frames, self.path)
         found: dict[int, np.ndarray] = {}
-        pos = 0  # next entry of `wanted` still to decode
         try:
             if self.sequential:
                 self._decode_in_output_order(wanted, found)
-                pos = len(wanted)
-            while pos < len(wanted):
-                key = self._keyframe_before(int(wanted[pos]))
-                self._container.seek(int(self._pts[key]), stream=self._stream, backward=True, any_frame=False)
-                for frame in self._container.decode(self._stream):
-                    stamp = frame.pts if frame.pts is not None else frame.dts
-                    i = self._pts_to_index.get(int(stamp)) if stamp is not None else None
-                    if i is None:
-                        continue
-                    if i == wanted[pos]:
-                        found[i] = frame.to_ndarray(format="rgb24")
-                        pos += 1
-                        if pos == len(wanted):
-                            break
-                        # re-seek when a keyframe lies between here and the next wanted frame's keyframe
-                        if self._keyframe_before(int(wanted[pos])) > i + 1:
-                            break
-                    elif i > wanted[pos]:
-                        raise VideoReadError(f"{self.path}: frame {int(wanted[pos])} not produced by the decoder")
-                else:
-                    break
+            else:
+                pos, more = 0, True
+                while more and pos < len(wanted):
+                    pos, more = self._read_run(wanted, pos, found)
         except VideoReadError:
             raise
         except Exception as err:
@@ -154,8 +160,47 @@ class PyAVReader:
         stacked = np.stack([found[int(w)] for w in wanted])
         return torch.from_numpy(stacked[inverse])
 
+    def _frames_from(self, slot: int | None):
+        """(index, frame) of the frames decoded after seeking to keyframe ``slot`` (None: from the first byte)."""
+        if slot is None:
+            self._open()
+        else:
+            target = int(self._pts[self._keyframes[slot]])
+            self._container.seek(target, stream=self._stream, backward=True, any_frame=False)
+        for frame in self._container.decode(self._stream):
+            stamp = frame.pts if frame.pts is not None else frame.dts
+            i = self._pts_to_index.get(int(stamp)) if stamp is not None else None
+            if i is not None:
+                yield i, frame
+
+    def _read_run(self, wanted: np.ndarray, pos: int, found: dict[int, np.ndarray]) -> tuple[int, bool]:
+        """Decode ``wanted[pos:]`` from the keyframe before ``wanted[pos]`` until re-seeking is cheaper than
+        decoding on. Returns the next position and False when the stream ended."""
+        slot = self._keyframe_slot(int(wanted[pos]))
+        for start in (slot, slot - 1, None):  # the keyframe; one earlier; the first byte of the file
+            if start is not None and start < 0:
+                continue
+            frames = self._frames_from(start)
+            first = next(frames, None)
+            if first is not None and first[0] <= wanted[pos]:
+                break
+        else:
+            raise VideoReadError(f"{self.path}: frame {int(wanted[pos])} not produced by the decoder")
+        for i, frame in itertools.chain([first], frames):
+            if i < wanted[pos]:
+                continue
+            if i > wanted[pos]:
+                raise VideoReadError(f"{self.path}: frame {int(wanted[pos])} not produced by the decoder")
+            found[i] = frame.to_ndarray(format="rgb24")
+            pos += 1
+            if pos == len(wanted):
+                return pos, True
+            if self._keyframes[self._keyframe_slot(int(wanted[pos]))] > i + 1:  # a keyframe is closer: seek
+                return pos, True
+        return pos, False
+
     def _decode_in_output_order(self, wanted: np.ndarray, found: dict[int, np.ndarray]) -> None:
-        self._container.seek(int(self._pts[0]), stream=self._stream, backward=True, any_frame=False)
+        self._open()
         targets = set(wanted.tolist())
         for i, frame in enumerate(self._container.decode(self._stream)):
             if i in targets:
@@ -177,35 +222,38 @@ class PyAVReader:
 
 
 class DecordReader:
-    """decord ``VideoReader`` (one thread) with ``get_batch``.
+    """decord ``VideoReader`` (one thread) with ``get_batch``, for the files decord reads right.
 
-    decord 0.6.0 fails ``get_batch`` for some frame widths (e.g. 48, 72: a row-padding size check) and returns
-    wrong frames after seeking in some files (see ``decord_seeks_correctly``); frames of such files are read with
-    :class:`PyAVReader` instead. ``delegated`` says why, or is None when decord reads the file.
+    Opening indexes the file's packets with :class:`PyAVReader` first (a few ms, no decoding). The file is read
+    by that PyAV reader instead of decord when decord would return wrong frames: a rule of
+    :data:`vidcsl.data.trust.DECORD_RULES` holds, ``vidcsl data check --verify`` recorded a disagreement, decord
+    cannot open the file, or decord counts a different number of frames. ``delegated`` says why (None when
+    decord reads the file). decord 0.6.0 also fails ``get_batch`` for some frame widths (e.g. 48: a row-padding
+    size check); such reads fall back to PyAV too.
     """
 
     def __init__(self, path: str):
         import decord
 
-        _check_file(path)
         self.path = path
         self._reader = None
-        self._fallback: PyAVReader | None = None
-        info = _probe(path)
-        self.delegated = None if decord_seeks_correctly(info) else f"decord seeks wrongly in {info or 'this file'}"
-        if self.delegated:  # files decord would misread are read by PyAV (same frames, by presentation order)
-            self._fallback = PyAVReader(path)
-            self.num_frames, self.fps = self._fallback.num_frames, self._fallback.fps
+        self._fallback: PyAVReader | None = PyAVReader(path)  # raises VideoReadError for broken files
+        self.facts = self._fallback.facts
+        self.num_frames, self.fps = self._fallback.num_frames, self._fallback.fps
+        self.delegated = decord_misreads(self.facts) or recorded_misread(path)
+        if self.delegated:
             return
         try:
-            self._reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
-            self.num_frames = len(self._reader)
-            self.fps = float(self._reader.get_avg_fps())
-        except Exception as err:  # noqa: BLE001
-            raise VideoReadError(f"{path}: cannot open ({_first_line(err)})") from err
-        if self.num_frames == 0:
-            raise VideoReadError(f"{path}: video stream holds no frames")
-        _check_declared(path, info.get("declared", 0), self.num_frames)
+            reader = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=1)
+        except Exception as err:  # noqa: BLE001 - e.g. "Failed to measure duration/frame-count" (raw streams)
+            self.delegated = f"decord cannot open it ({_first_line(err)})"
+            return
+        if len(reader) != self.num_frames:
+            self.delegated = f"decord counts {len(reader)} frames, the container holds {self.num_frames}"
+            return
+        self._reader = reader
+        self._fallback.close()
+        self._fallback = None
 
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         """Frames at ``indices`` (any order, repeats allowed) as uint8 (T, H, W, C)."""
@@ -216,6 +264,7 @@ class DecordReader:
             batch = self._reader.get_batch(wanted.tolist()).asnumpy()
         except Exception as err:  # noqa: BLE001
             if "size must exactly match" in str(err):  # decord's row-padding bug
+                self.delegated = "decord's get_batch fails at this frame width"
                 self._fallback = PyAVReader(self.path)
                 return self._fallback.get_frames(indices)
             raise VideoReadError(f"{self.path}: decode failed ({_first_line(err)})") from err
@@ -234,33 +283,6 @@ class DecordReader:
         self.close()
 
 
-def _probe(path: str) -> dict:
-    """Container facts from the header only (~1 ms): declared frames, format, codec, B-frames."""
-    import av
-
-    try:
-        with av.open(path) as container:
-            if not container.streams.video:
-                return {}
-            stream = container.streams.video[0]
-            return {"declared": stream.frames or 0, "format": container.format.name,
-                    "codec": stream.codec_context.name, "b_frames": bool(stream.codec_context.has_b_frames)}
-    except Exception:  # noqa: BLE001 - the probe is advisory; decord already opened the file
-        return {}
-
-
-def decord_seeks_correctly(info: dict) -> bool:
-    """Whether decord 0.6.0's random access returns the right frames for a file with these header facts.
-
-    Measured on generated files (tests/data/test_video.py): decord returns wrong frames after seeking in any AVI
-    (mpeg4, mpeg2, h264; cf. dmlc/decord#195, #252) and for streams with B-frames other than h264 (mpeg4, mpeg2,
-    hevc) in any container; h264 in mp4/mkv, vp9 and B-frame-free streams were right.
-    """
-    if not info or info["format"] == "avi":
-        return False
-    return info["codec"] == "h264" or not info["b_frames"]
-
-
 def _check_declared(path: str, declared: int, held: int) -> None:
     """A container that promises more frames than it holds has lost its tail (e.g. an AVI cut short)."""
     if declared > held + max(1, declared // 100):
@@ -269,7 +291,11 @@ def _check_declared(path: str, declared: int, held: int) -> None:
 
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {text[0][:200]}" if text else type(err).__name__
+    if not text:
+        return type(err).__name__
+    # decord prefixes its messages with "[hh:mm:ss] /its/source.cc:123: [the file] "
+    line = re.sub(r"^\[[\d:]+\] \S+:\d+: (\[[^\]]*\] )?", "", text[0])
+    return f"{type(err).__name__}: {line[:200]}"
 
 
 def open_video(path: str | os.PathLike, backend: str = "decord") -> DecordReader | PyAVReader:
