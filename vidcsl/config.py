@@ -238,8 +238,26 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def config_yaml(cfg: Config) -> str:
+    """The YAML text of ``cfg`` (what a run folder's ``config.yaml`` holds)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    Path(path).write_text(config_yaml(cfg))
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``"section.key: old -> new"`` for each key both plain configs hold with different values; keys
+    starting with an ``ignore`` entry are skipped (a key only one side has is not compared: configs gain keys)."""
+    flat_old, flat_new = _section_keys(old), _section_keys(new)
+    return [f"{key}: {flat_old[key]!r} -> {flat_new[key]!r}" for key in flat_new
+            if key in flat_old and flat_old[key] != flat_new[key] and not key.startswith(ignore)]
+
+
+def _section_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, keys in raw.items() if isinstance(keys, dict)
+            for key, value in keys.items()}
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
