@@ -13,6 +13,7 @@ import os
 import pickle
 import random
 import signal
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as err:
+        if not zipfile.is_zipfile(path):  # not what torch.save writes: garbage or a truncated file
+            raise CheckpointError(f"checkpoint {str(path)!r} is not a readable torch checkpoint (not the zip "
+                                  f"archive torch.save writes: truncated or another format?)") from None
         raise CheckpointError(f"checkpoint {str(path)!r} holds objects other than tensors and plain containers; "
                               f"refusing to unpickle it (weights_only=True). Details: {str(err).splitlines()[0]}"
                               ) from None

@@ -5,7 +5,9 @@
 It owns devices (bf16 autocast and channels_last on CUDA), gradient accumulation, the optimiser and
 its per-step schedule, seeding, DDP, progress / logs, the kNN monitor, checkpoints and preemption;
 a :class:`vidcsl.methods.base.Method` only turns a batch into a loss. Run folder ``runs/<name>/``:
-``config.yaml``, ``metrics.csv``, ``tensorboard/``, ``checkpoints/last.pt``, ``metrics.json``.
+``config.yaml``, ``metrics.csv``, ``tensorboard/``, ``checkpoints/last.pt``, ``metrics.json`` (written
+when the run finishes; ``metrics_partial.json`` when SIGTERM stopped its final kNN monitor), ``.lock``
+while it runs.
 
 Exact resume: the sampler's shuffle is seeded per epoch and can start mid-epoch, the DataLoader has its
 own generator (so creating one does not touch the global RNG), and the checkpoint restores every RNG
@@ -69,6 +71,8 @@ class NonFiniteLossError(RuntimeError):
 class RunPreempted(Preempted):
     """SIGTERM / SIGINT arrived; a checkpoint to continue from was saved (``--resume``); exit status 3."""
 
+
+METRICS, PARTIAL_METRICS = "metrics.json", "metrics_partial.json"  # a finished run's summary; an interrupted one's
 
 # Keys a resumed run may change: where and how long it runs, what it logs and monitors, where the data
 # lives. Any other difference from the checkpoint's config would silently change what is being trained.
@@ -224,6 +228,8 @@ class Trainer:
         self.logger = RunLogger(self.run_dir, enabled=self.info.is_main, tensorboard=t.tensorboard)
         if self.info.is_main:
             write_text_atomic(self.run_dir / "config.yaml", config_yaml(cfg))
+            with writing(self.run_dir / METRICS, "remove"):  # a resumed run is unfinished until it ends again
+                (self.run_dir / METRICS).unlink(missing_ok=True)
 
     def _take_run_folder(self) -> None:
         """Rank 0 locks the run folder and clears leftovers of a killed run; every rank agrees on the outcome."""
@@ -566,15 +572,21 @@ class Trainer:
             try:
                 metrics["knn_val_acc"] = self.knn_monitor()
             except ExtractionStopped:
-                self._write_metrics({**metrics, "knn_val_acc": None, "incomplete": "final kNN monitor interrupted"})
-                self._stop_preempted("during the final kNN monitor (metrics.json written without it)", save=False)
+                self._write_metrics({**metrics, "knn_val_acc": None}, partial=True)
+                self._stop_preempted(f"during the final kNN monitor ({PARTIAL_METRICS} written without it)",
+                                     save=False)
             self.logger.log(self.global_step, {"final/knn_val_acc": metrics["knn_val_acc"] or math.nan})
         self._write_metrics(metrics)
         return metrics
 
-    def _write_metrics(self, metrics: dict[str, Any]) -> None:
+    def _write_metrics(self, metrics: dict[str, Any], partial: bool = False) -> None:
+        """``metrics.json`` exists only for a finished run (what a study checks); an interrupted one writes
+        ``metrics_partial.json``."""
         if self.info.is_main:
-            write_json(self.run_dir / "metrics.json", metrics)
+            write_json(self.run_dir / (PARTIAL_METRICS if partial else METRICS), metrics)
+            if not partial:
+                with writing(self.run_dir / PARTIAL_METRICS, "remove"):
+                    (self.run_dir / PARTIAL_METRICS).unlink(missing_ok=True)
 
 
 def _new_epoch_sums() -> dict[str, float]:
