@@ -27,6 +27,7 @@ import math
 import os
 import random
 import sys
+import tempfile
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -250,12 +251,15 @@ class Trainer:
             raise CheckpointError(f"--resume: no checkpoint at {str(self.ckpt_path)!r}")
 
     def _clear_leftovers(self) -> None:
-        """Report a stale lock (its holder died) and remove temporary files of a killed checkpoint write."""
+        """Report a stale lock (its holder died), remove temporary files of a killed checkpoint write, and
+        check that checkpoints can be written at all."""
         if self.lock.stale:
             _note(f"run folder {str(self.run_dir)!r}: the lock of {describe_holder(self.lock.stale)} was stale "
                   f"(that process ended without releasing it, e.g. killed); taking the folder over")
-        with writing(self.ckpt_path.parent, "clean up"):
+        with writing(self.ckpt_path.parent, "write into the checkpoint folder"):  # fail now, not hours later
             removed = remove_temp_files(self.ckpt_path)
+            self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            tempfile.NamedTemporaryFile(dir=self.ckpt_path.parent, prefix=".write_test").close()
         if removed:
             _note(f"removed {len(removed)} temporary file(s) of an interrupted checkpoint write: "
                   f"{', '.join(p.name for p in removed)}")
