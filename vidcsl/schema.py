@@ -39,8 +39,9 @@ class Domain:
     finite: bool = True
 
     def describe(self) -> str:
-        parts = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le),
-                                                     ("<", self.lt)) if bound is not None]
+        parts = [f"{op} {bound if isinstance(bound, int) else format(bound, 'g')}"
+                 for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le), ("<", self.lt))
+                 if bound is not None]
         return " and ".join(parts) or "finite"
 
     def check(self, value: Any, key: str) -> None:

@@ -60,7 +60,7 @@ BAD_VALUES = [
     (["train.accumulate=0"], "'train.accumulate' must be >= 1"),
     (["train.batch_size=10", "train.accumulate=4"], "'train.batch_size' (10) must be divisible by 'train.accumulate'"),
     (["train.seed=-1"], "'train.seed' must be >= 0"),
-    (["train.seed=4294967296"], "'train.seed' must be >= 0 and < 4.29497e+09"),
+    (["train.seed=4294967296"], "'train.seed' must be >= 0 and < 4294967296"),
     (["train.device=gpu"], "config key 'train.device' must be auto, cpu, cuda or cuda:N, got 'gpu'"),
     (["train.device=cuda:x"], "'train.device' must be auto, cpu, cuda or cuda:N"),
     (["train.log_every=0"], "'train.log_every' must be >= 1"),
