@@ -7,8 +7,12 @@ wires them together, importing each lazily so ``vidcsl --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
 
 # Modules that register sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (
@@ -37,8 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one sub-command. User errors (:class:`vidcsl.errors.VidcslError`) print one line and return 2;
-    anything else is a bug and propagates with its traceback."""
-    from vidcsl.errors import EXIT_USER_ERROR, VidcslError
+    SIGTERM / SIGINT (:class:`vidcsl.errors.Preempted`) print one line and return 3; anything else is a bug
+    and propagates with its traceback."""
+    from vidcsl.errors import EXIT_USER_ERROR, Preempted, VidcslError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -46,10 +51,36 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER_ERROR
     try:
-        return int(args.func(args) or 0)
+        with signals_stop_the_command():
+            return int(args.func(args) or 0)
     except VidcslError as err:
         print(f"vidcsl {args.command}: error: {err}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except Preempted as err:
+        print(f"vidcsl {args.command}: {err}", file=sys.stderr)
+        return err.exit_code
+
+
+@contextlib.contextmanager
+def signals_stop_the_command() -> Iterator[None]:
+    """SIGTERM and SIGINT raise :class:`vidcsl.errors.Preempted` wherever the command is; the trainer
+    catches them itself to stop at a step boundary. Finished outputs are written atomically, so a rerun
+    continues from them."""
+    from vidcsl.errors import Preempted
+
+    def stop(signum, frame):
+        raise Preempted(f"stopped by {signal.Signals(signum).name}; finished outputs are kept, rerun the "
+                        f"command to continue")
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 if __name__ == "__main__":

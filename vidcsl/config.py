@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import os
 import types
 import typing
@@ -25,61 +24,11 @@ import yaml
 
 from vidcsl.errors import ConfigError
 from vidcsl.methods.false_negatives import FalseNegativeConfig
+from vidcsl.schema import bounded, check_field_value, check_fields, choices, matching
 
 IMAGE_KINDS = ("embedded_digits", "cifar10", "cifar100", "image_folder")
 VIDEO_KINDS = ("embedded_video", "ucf101", "hmdb51", "kinetics", "ssv2", "video_list", "video_folder")
 DATASET_KINDS = IMAGE_KINDS + VIDEO_KINDS
-
-
-def choices(*options: str, default: str) -> Any:
-    """A string field restricted to ``options`` (checked when the config is built)."""
-    return field(default=default, metadata={"choices": options})
-
-
-@dataclass(frozen=True)
-class Domain:
-    """The values a numeric key accepts: bounds (any of ``ge``/``gt``/``le``/``lt``) and finiteness.
-
-    ``null`` is allowed exactly when the field's type allows it (``int | None``); a list field's domain
-    applies to every element. Every float must be finite unless ``finite=False``.
-    """
-
-    ge: float | None = None
-    gt: float | None = None
-    le: float | None = None
-    lt: float | None = None
-    finite: bool = True
-
-    def describe(self) -> str:
-        parts = [f"{op} {bound:g}" for op, bound in ((">=", self.ge), (">", self.gt), ("<=", self.le),
-                                                     ("<", self.lt)) if bound is not None]
-        return " and ".join(parts) or "finite"
-
-    def check(self, value: Any, key: str) -> None:
-        """Raise :class:`ConfigError` naming ``key`` when ``value`` (a number, list of numbers or None) is outside."""
-        if isinstance(value, (list, tuple)):
-            for i, v in enumerate(value):
-                self.check(v, f"{key}[{i}]")
-            return
-        if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
-            return
-        ok = not (self.finite and not math.isfinite(value))
-        ok = ok and (self.ge is None or value >= self.ge) and (self.gt is None or value > self.gt)
-        ok = ok and (self.le is None or value <= self.le) and (self.lt is None or value < self.lt)
-        if not ok:
-            raise ConfigError(f"config key '{key}' must be {self.describe()}, got {value!r}")
-
-
-def bounded(default: Any, *, ge: float | None = None, gt: float | None = None, le: float | None = None,
-            lt: float | None = None, finite: bool = True) -> Any:
-    """A numeric field with a :class:`Domain`, checked when the config is built (a list default is copied)."""
-    meta = {"domain": Domain(ge, gt, le, lt, finite)}
-    if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-FINITE = Domain()  # what every float key accepts unless its field declares a domain
 
 
 @dataclass
@@ -89,28 +38,29 @@ class DataConfig:
     kind: str = choices(*DATASET_KINDS, default="embedded_digits")
     root: str | None = None  # dataset folder (videos / CIFAR batches / image folder)
     cache_dir: str | None = None  # embedded datasets: where to cache the generated data
-    fold: int = 1  # UCF101 / HMDB51 split number (1-3)
+    fold: int = bounded(1, ge=1, le=3)  # UCF101 / HMDB51 split number (1-3)
     annotations: str | None = None  # UCF101 / HMDB51 split-file folder (default: root)
     train_list: str | None = None  # video_list: "path label" files, kinetics: CSV files
     val_list: str | None = None
     test_list: str | None = None
-    val_fraction: float = 0.1  # held out of train when the dataset has no validation split
-    image_size: int = 32
-    aug_strength: float = 1.0  # colour-jitter strength of the contrastive augmentations
-    crop_scale: list[float] | None = None  # random-resized-crop area range (default: the transform's own)
+    val_fraction: float = bounded(0.1, gt=0, lt=1)  # held out of train when the dataset has no validation split
+    image_size: int = bounded(32, ge=1)
+    aug_strength: float = bounded(1.0, ge=0)  # colour-jitter strength of the contrastive augmentations
+    crop_scale: list[float] | None = bounded(None, gt=0, le=1)  # random-resized-crop area range [low, high]
     supervised_augment: str = choices("standard", "contrastive", default="standard")  # SL: crop+flip or SimCLR's
-    num_frames: int = 8
-    stride: int = 2
-    target_fps: float | None = None
+    num_frames: int = bounded(8, ge=1)
+    stride: int = bounded(2, ge=1)
+    target_fps: float | None = bounded(None, gt=0)
     clip_sampler: str = choices("random", "uniform", "two_clip", default="two_clip")
-    max_gap_s: float | None = None  # two_clip: largest time between the two clips
+    max_gap_s: float | None = bounded(None, ge=0)  # two_clip: largest time between the two clips
     same_time: bool = False  # two_clip: same time, different augmentation
-    eval_clips: int = 1  # uniform clips per video at evaluation (embeddings averaged)
-    eval_crops: int = 1
+    eval_clips: int = bounded(1, ge=1)  # uniform clips per video at evaluation (embeddings averaged)
+    eval_crops: int = bounded(1, ge=1)
     video_backend: str = choices("auto", "decord", "pyav", default="auto")
-    limit_train: int | None = None  # keep only the first N training samples (quick runs)
-    limit_eval: int | None = None
-    num_workers: int = 0
+    limit_train: int | None = bounded(None, ge=1)  # keep only N training samples (quick runs); null = all
+    limit_eval: int | None = bounded(None, ge=1)
+    num_workers: int = bounded(0, ge=0)
+    max_bad_fraction: float = bounded(0.1, ge=0, le=1)  # training stops when more of an epoch's samples are bad
 
 
 @dataclass
@@ -119,9 +69,9 @@ class ModelConfig:
 
     encoder: str = "small_cnn"
     encoder_kwargs: dict[str, Any] = field(default_factory=dict)
-    proj_hidden_dim: int = 512
-    proj_out_dim: int = 128
-    proj_layers: int = 2
+    proj_hidden_dim: int = bounded(512, ge=1)
+    proj_out_dim: int = bounded(128, ge=1)
+    proj_layers: int = bounded(2, ge=1)
     proj_batch_norm: bool = True
 
 
@@ -145,17 +95,21 @@ class OptimConfig:
     """Optimiser and per-step schedule (linear warm-up, then cosine to ``min_lr``)."""
 
     name: str = choices("sgd", "lars", "adamw", default="sgd")
-    lr: float = 0.1
+    lr: float = bounded(0.1, gt=0)
     lr_scaling: str = choices("none", "linear", "sqrt", default="none")  # scale lr by batch_size / 256
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    lars_eta: float = 0.001  # LARS trust coefficient
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    weight_decay: float = bounded(1e-4, ge=0)
+    betas: list[float] = bounded([0.9, 0.999], ge=0, lt=1)
+    lars_eta: float = bounded(0.001, gt=0)  # LARS trust coefficient
     exclude_bias_norm: bool = True  # no weight decay / LARS adaptation for biases and norm layers
     schedule: str = choices("cosine", "constant", default="cosine")
-    warmup_epochs: float = 0.0
-    min_lr: float = 0.0
-    grad_clip: float | None = None
+    warmup_epochs: float = bounded(0.0, ge=0)
+    min_lr: float = bounded(0.0, ge=0)
+    grad_clip: float | None = bounded(None, gt=0)  # max global gradient norm; null = no clipping
+
+
+SEED_LIMIT = 2**32  # numpy seeds are 32-bit unsigned
+DEVICE_PATTERN = r"auto|cpu|cuda(:\d+)?"
 
 
 @dataclass
@@ -164,21 +118,21 @@ class TrainConfig:
 
     name: str | None = None  # run folder name (default: config file stem)
     runs_dir: str = "runs"
-    epochs: int = 10
-    max_steps: int | None = None  # stop after this many optimiser steps (quick runs, tests)
-    batch_size: int = 256  # global: split over processes and accumulation steps
-    accumulate: int = 1
-    seed: int = 0
+    epochs: int = bounded(10, ge=1)
+    max_steps: int | None = bounded(None, ge=1)  # stop after this many optimiser steps (quick runs, tests)
+    batch_size: int = bounded(256, ge=1)  # global: split over processes and accumulation steps
+    accumulate: int = bounded(1, ge=1)
+    seed: int = bounded(0, ge=0, lt=SEED_LIMIT)
     deterministic: bool = False
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    device: str = matching(DEVICE_PATTERN, "auto, cpu, cuda or cuda:N", default="auto")
     precision: str = choices("auto", "bf16", "fp16", "fp32", default="auto")
     channels_last: bool = True  # CUDA only
     sync_bn: bool = False  # DDP on CUDA: BatchNorm statistics over the global batch
-    log_every: int = 10
-    ckpt_every: int = 500  # optimiser steps; 0 = only at the end / on preemption
-    knn_every: int = 0  # epochs; 0 = only at the end (-1 = never)
-    knn_k: int = 200
-    knn_temperature: float = 0.07
+    log_every: int = bounded(10, ge=1)
+    ckpt_every: int = bounded(500, ge=0)  # optimiser steps; 0 = only at the end / on preemption
+    knn_every: int = bounded(0, ge=-1)  # epochs; 0 = only at the end (-1 = never)
+    knn_k: int = bounded(200, ge=1)
+    knn_temperature: float = bounded(0.07, gt=0)
     tensorboard: bool = True
     progress: bool = True
 
@@ -187,14 +141,14 @@ class TrainConfig:
 class ProbeConfig:
     """Linear probe on frozen features, selected on the validation split."""
 
-    epochs: int = 50
+    epochs: int = bounded(50, ge=1)
     optimizer: str = choices("sgd", "adam", default="sgd")
-    lr: float = 0.1
-    weight_decay: float = 0.0
-    momentum: float = 0.9
-    batch_size: int = 256
+    lr: float = bounded(0.1, gt=0)
+    weight_decay: float = bounded(0.0, ge=0)
+    momentum: float = bounded(0.9, ge=0, lt=1)
+    batch_size: int = bounded(256, ge=1)
     cached: bool = True  # features computed once (else live, with training augmentation)
-    seed: int = 0
+    seed: int = bounded(0, ge=0, lt=SEED_LIMIT)
 
 
 @dataclass
@@ -284,8 +238,26 @@ def config_to_dict(cfg: Any) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+def config_yaml(cfg: Config) -> str:
+    """The YAML text of ``cfg`` (what a run folder's ``config.yaml`` holds)."""
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
-    Path(path).write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    Path(path).write_text(config_yaml(cfg))
+
+
+def config_differences(old: dict[str, Any], new: dict[str, Any], *, ignore: tuple[str, ...] = ()) -> list[str]:
+    """``"section.key: old -> new"`` for each key both plain configs hold with different values; keys
+    starting with an ``ignore`` entry are skipped (a key only one side has is not compared: configs gain keys)."""
+    flat_old, flat_new = _section_keys(old), _section_keys(new)
+    return [f"{key}: {flat_old[key]!r} -> {flat_new[key]!r}" for key in flat_new
+            if key in flat_old and flat_old[key] != flat_new[key] and not key.startswith(ignore)]
+
+
+def _section_keys(raw: dict[str, Any]) -> dict[str, Any]:
+    return {f"{section}.{key}": value for section, keys in raw.items() if isinstance(keys, dict)
+            for key, value in keys.items()}
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:
@@ -307,17 +279,8 @@ def _build(cls: type, raw: Any, prefix: str) -> Any:
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, full + ".")
         else:
-            kwargs[key] = _check_value(fields[key], _check_type(value, tp, full), full)
+            kwargs[key] = check_field_value(fields[key], _check_type(value, tp, full), full)
     return cls(**kwargs)
-
-
-def _check_value(f: dataclasses.Field, value: Any, key: str) -> Any:
-    """``value`` if it lies in the field's choices and domain (floats: finite by default), else ConfigError."""
-    allowed = f.metadata.get("choices")
-    if allowed and value not in allowed:
-        raise ConfigError(f"config key '{key}' must be one of {allowed}, got {value!r}")
-    f.metadata.get("domain", FINITE).check(value, key)
-    return value
 
 
 def _check_type(value: Any, tp: Any, key: str) -> Any:
@@ -375,46 +338,49 @@ def _type_name(tp: Any) -> str:
 
 
 def validate_config(cfg: Config, *, check_paths: bool = True) -> None:
-    """Choices, ranges and dataset paths; raises ValueError naming the key or the path."""
-    for section in ("data", "model", "method", "optim", "train", "probe"):
-        obj = getattr(cfg, section)
-        for f in dataclasses.fields(obj):
-            allowed = f.metadata.get("choices")
-            if allowed and getattr(obj, f.name) not in allowed:
-                raise ConfigError(f"config key '{section}.{f.name}' must be one of {allowed}, "
-                                 f"got {getattr(obj, f.name)!r}")
-    cfg.fn.validate("fn")
-    positive = {"train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
-                "train.accumulate": cfg.train.accumulate, "train.log_every": cfg.train.log_every,
-                "train.knn_k": cfg.train.knn_k, "data.image_size": cfg.data.image_size,
-                "data.num_frames": cfg.data.num_frames, "data.stride": cfg.data.stride,
-                "data.eval_clips": cfg.data.eval_clips, "data.eval_crops": cfg.data.eval_crops,
-                "model.proj_out_dim": cfg.model.proj_out_dim, "model.proj_layers": cfg.model.proj_layers,
-                "method.moco_queue_size": cfg.method.moco_queue_size, "probe.epochs": cfg.probe.epochs,
-                "probe.batch_size": cfg.probe.batch_size}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"config key '{key}' must be >= 1, got {value}")
-    for key, value in {"method.temperature": cfg.method.temperature, "optim.lr": cfg.optim.lr,
-                       "train.knn_temperature": cfg.train.knn_temperature, "probe.lr": cfg.probe.lr}.items():
-        if not value > 0:
-            raise ConfigError(f"config key '{key}' must be > 0, got {value}")
-    if not 0.0 <= cfg.method.moco_momentum < 1.0:
-        raise ConfigError(f"config key 'method.moco_momentum' must lie in [0, 1), got {cfg.method.moco_momentum}")
-    if not 0.0 < cfg.data.val_fraction < 1.0:
-        raise ConfigError(f"config key 'data.val_fraction' must lie in (0, 1), got {cfg.data.val_fraction}")
-    if cfg.train.max_steps is not None and cfg.train.max_steps < 1:
-        raise ConfigError(f"config key 'train.max_steps' must be >= 1, got {cfg.train.max_steps}")
-    if cfg.train.ckpt_every < 0:
-        raise ConfigError(f"config key 'train.ckpt_every' must be >= 0, got {cfg.train.ckpt_every}")
+    """Every field's declaration (again, as a config may have been changed in code), the checks that span
+    several keys, the encoder and method names, and dataset paths; raises ConfigError naming the key or path."""
+    for section in dataclasses.fields(cfg):
+        check_fields(getattr(cfg, section.name), section.name)
+    _check_method_keys(cfg.method)
     if cfg.data.crop_scale is not None and not (len(cfg.data.crop_scale) == 2
-                                                 and 0 < cfg.data.crop_scale[0] <= cfg.data.crop_scale[1] <= 1):
+                                                 and cfg.data.crop_scale[0] <= cfg.data.crop_scale[1]):
         raise ConfigError(f"config key 'data.crop_scale' must be [low, high] with 0 < low <= high <= 1, "
-                         f"got {cfg.data.crop_scale}")
+                          f"got {cfg.data.crop_scale}")
     if len(cfg.optim.betas) != 2:
         raise ConfigError(f"config key 'optim.betas' must hold two numbers, got {cfg.optim.betas}")
+    if cfg.train.batch_size % cfg.train.accumulate:
+        raise ConfigError(f"config key 'train.batch_size' ({cfg.train.batch_size}) must be divisible by "
+                          f"'train.accumulate' ({cfg.train.accumulate})")
+    _check_names(cfg)
     if check_paths:
         check_data_paths(cfg.data)
+
+
+def _check_method_keys(method: MethodConfig) -> None:
+    """Ranges of MethodConfig's keys that its fields do not declare (yet)."""
+    if not method.temperature > 0:
+        raise ConfigError(f"config key 'method.temperature' must be > 0, got {method.temperature}")
+    if method.moco_queue_size < 1:
+        raise ConfigError(f"config key 'method.moco_queue_size' must be >= 1, got {method.moco_queue_size}")
+    if not 0.0 <= method.moco_momentum < 1.0:
+        raise ConfigError(f"config key 'method.moco_momentum' must lie in [0, 1), got {method.moco_momentum}")
+
+
+def _check_names(cfg: Config) -> None:
+    """``model.encoder`` and ``method.name`` must name a registered encoder and method."""
+    from vidcsl.methods.base import method_class
+    from vidcsl.models.registry import ENCODERS
+
+    if cfg.model.encoder not in ENCODERS:
+        close = difflib.get_close_matches(cfg.model.encoder, ENCODERS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"config key 'model.encoder' is {cfg.model.encoder!r}, not a known encoder "
+                          f"({hint}known: {', '.join(ENCODERS)})")
+    try:
+        method_class(cfg.method.name)
+    except ValueError as err:  # the registry's message names the key and the known methods
+        raise ConfigError(str(err)) from None
 
 
 def check_data_paths(data: DataConfig) -> None:

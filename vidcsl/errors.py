@@ -1,8 +1,9 @@
 """The project's error types: what a user got wrong, as opposed to a bug.
 
-The command line (``vidcsl.cli.main``) prints a :class:`VidcslError` as one line and exits with status 2;
-any other exception is a bug and keeps its full traceback. Each type also derives from ``ValueError``,
-so library callers that catch ``ValueError`` keep working.
+The command line (``vidcsl.cli.main``) prints a :class:`VidcslError` as one line and exits with status 2,
+and a :class:`Preempted` command (SIGTERM / SIGINT) as one line with status 3; any other exception is a
+bug and keeps its full traceback. Each user-error type also derives from ``ValueError``, so library callers
+that catch ``ValueError`` keep working.
 
     raise ConfigError("config key 'optim.lr' must be > 0, got -1.0")
 """
@@ -34,3 +35,16 @@ class UsageError(VidcslError):
 
 class RunFolderError(VidcslError):
     """A run folder cannot be used: locked by another process, read-only, or the disk is full."""
+
+
+EXIT_PREEMPTED = 3
+
+
+class Preempted(BaseException):
+    """SIGTERM / SIGINT stopped a command; what it finished is kept and rerunning it continues (exit 3).
+
+    A BaseException, like KeyboardInterrupt, so that no ``except Exception`` (e.g. around decoding one
+    video) swallows the request to stop.
+    """
+
+    exit_code = EXIT_PREEMPTED

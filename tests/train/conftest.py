@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -72,3 +74,26 @@ def bundle(n=48, two_views=True, bad=()):
 def kit():
     """The helpers above, as a fixture (test modules cannot import conftest under importlib mode)."""
     return SimpleNamespace(TinyEncoder=TinyEncoder, cfg=tiny_cfg, bundle=bundle, NoisyViews=NoisyViews)
+
+
+ROOT = Path(__file__).resolve().parents[2]
+DIGITS_CONFIG = str(ROOT / "configs" / "digits_simclr.yaml")
+# a tiny SimCLR on the embedded digits: two steps, a few seconds
+DIGITS_SMALL = ["model.encoder_kwargs={channels: [4, 8, 8, 16]}", "model.proj_hidden_dim=16", "model.proj_out_dim=8",
+                "train.progress=false", "train.tensorboard=false", "data.num_workers=0", "data.limit_train=64",
+                "data.limit_eval=32", "train.batch_size=16", "train.max_steps=2", "train.knn_k=5", "probe.epochs=2"]
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory):
+    """A finished tiny digits run, trained once through the CLI; ``copy(dest)`` gives a test its own copy."""
+    from vidcsl.cli import main
+
+    run_dir = tmp_path_factory.mktemp("digits") / "run"
+    assert main(["pretrain", DIGITS_CONFIG, *DIGITS_SMALL, "--run-dir", str(run_dir)]) == 0
+
+    def copy(dest):
+        shutil.copytree(run_dir, dest)
+        return Path(dest)
+
+    return SimpleNamespace(dir=run_dir, config=DIGITS_CONFIG, overrides=list(DIGITS_SMALL), copy=copy)

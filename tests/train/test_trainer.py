@@ -9,6 +9,7 @@ import signal
 import pytest
 import torch
 
+from vidcsl.errors import DataError
 from vidcsl.methods.base import register_method
 from vidcsl.methods.simclr import SimCLR
 from vidcsl.train.checkpoint import load_checkpoint, save_checkpoint
@@ -45,10 +46,10 @@ class NanEmbeddingAtStep4(SimCLR):
         return super().training_step(batch, ctx)
 
 
-def run(kit, tmp_path, name, method="simclr", resume=False, data=None, **train):
+def run(kit, tmp_path, name, method="simclr", resume=False, data=None, data_cfg=None, **train):
     cfg = kit.cfg(method={"name": method}, train={"epochs": 2, "batch_size": 16, "ckpt_every": 0,
                                                   "knn_every": -1, "log_every": 1, **train},
-                  optim={"name": "sgd", "lr": 0.1, "warmup_epochs": 0.5})
+                  optim={"name": "sgd", "lr": 0.1, "warmup_epochs": 0.5}, data=data_cfg or {})
     return Trainer(cfg, run_dir=tmp_path / name, resume=resume, data=data or kit.bundle(),
                    encoder=kit.TinyEncoder()).fit()
 
@@ -62,7 +63,7 @@ def test_resume_after_sigterm_reproduces_uninterrupted_weights(kit, tmp_path):
     assert state["progress"] == {"epoch": 1, "step_in_epoch": 1, "global_step": 4}  # saved at the step boundary
     with pytest.raises(ValueError, match="--resume"):
         run(kit, tmp_path, "cut")  # an existing run is never silently overwritten
-    resumed = run(kit, tmp_path, "cut", resume=True)
+    resumed = run(kit, tmp_path, "cut", method="test_sigterm_simclr", resume=True)  # the config it was trained with
     assert resumed.metrics["global_step"] == 6
     a, b = full.method.state_dict(), resumed.method.state_dict()
     assert a.keys() == b.keys()
@@ -89,13 +90,11 @@ def test_nan_embeddings_stop_the_run_like_a_nan_loss(kit, tmp_path):
 def test_bad_samples_are_counted_and_empty_batches_skipped(kit, tmp_path):
     # with shuffling off we cannot pick batches, so make every sample of the set bad except a few
     data = kit.bundle(n=48, bad=tuple(range(0, 48, 3)))  # 16 bad samples
-    result = run(kit, tmp_path, "bad", data=data, epochs=1)
+    result = run(kit, tmp_path, "bad", data=data, epochs=1, data_cfg={"max_bad_fraction": 0.5})
     assert result.metrics["bad_samples"] == 16
-    all_bad = kit.bundle(n=48, bad=tuple(range(48)))
-    result = run(kit, tmp_path, "allbad", data=all_bad, epochs=1)
-    assert result.metrics["skipped_batches"] == 3 and result.metrics["bad_samples"] == 48
-    metrics = json.loads((tmp_path / "allbad" / "metrics.json").read_text())
-    assert metrics["skipped_batches"] == 3
+    assert json.loads((tmp_path / "bad" / "metrics.json").read_text())["bad_samples"] == 16
+    with pytest.raises(DataError, match=r"16 of 48 training samples drawn in epoch 0 were bad.*max_bad_fraction"):
+        run(kit, tmp_path, "too_bad", data=data, epochs=1, data_cfg={"max_bad_fraction": 0.3})
 
 
 def test_checkpoint_with_pickled_object_is_refused(tmp_path):

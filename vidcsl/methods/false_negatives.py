@@ -1,4 +1,4 @@
-"""False-negative options (SPEC §2) in one place: which detector, which treatment, when it starts.
+"""False-negative options in one place: which detector, which treatment, when it starts.
 
 Every contrastive method turns a :class:`FalseNegativeConfig` into keyword arguments for the fused
 losses (``kernels.info_nce``) with :func:`fn_loss_kwargs`, and turns the kernel's per-row statistics
@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from vidcsl.schema import bounded, check_fields, choices
 
 DETECTORS = ("none", "threshold", "topk", "oracle")
 MODES = ("eliminate", "attract")
@@ -27,23 +29,15 @@ class FalseNegativeConfig:
     ``warmup_epochs``: no detection before this epoch, while similarities are still meaningless.
     """
 
-    detector: str = "none"
-    threshold: float = 0.8
-    topk: int = 1
-    mode: str = "eliminate"
-    warmup_epochs: int = 0
+    detector: str = choices(*DETECTORS, default="none")
+    threshold: float = bounded(0.8, ge=-1.0, le=1.0)  # a cosine
+    topk: int = bounded(1, ge=1)
+    mode: str = choices(*MODES, default="eliminate")
+    warmup_epochs: int = bounded(0, ge=0)
 
     def validate(self, prefix: str = "fn") -> None:
-        if self.detector not in DETECTORS:
-            raise ValueError(f"config key '{prefix}.detector' must be one of {DETECTORS}, got {self.detector!r}")
-        if self.mode not in MODES:
-            raise ValueError(f"config key '{prefix}.mode' must be one of {MODES}, got {self.mode!r}")
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ValueError(f"config key '{prefix}.threshold' is a cosine and must lie in [-1, 1], got {self.threshold}")
-        if self.topk < 1:
-            raise ValueError(f"config key '{prefix}.topk' must be >= 1, got {self.topk}")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"config key '{prefix}.warmup_epochs' must be >= 0, got {self.warmup_epochs}")
+        """Check the declared fields of an instance built in code (the config loader checks them on load)."""
+        check_fields(self, prefix)
 
     def active(self, epoch: int) -> bool:
         """True when detection runs at ``epoch`` (0-based)."""

@@ -38,6 +38,7 @@ from vidcsl.robustness.evaluate import (
     markdown_table,
     write_csv,
 )
+from vidcsl.schema import bounded
 
 
 @dataclass(frozen=True)
@@ -81,14 +82,14 @@ class StudyConfig:
     name: str = "study"
     runs_dir: str = "runs/study"
     tracks: list[Track] = field(default_factory=list)
-    fn_threshold: float = 0.8  # the threshold detector's cosine cut-off
-    fn_topk: int = 5
-    fn_warmup_epochs: int = 0
+    fn_threshold: float = bounded(0.8, ge=-1.0, le=1.0)  # the threshold detector's cosine cut-off
+    fn_topk: int = bounded(5, ge=1)
+    fn_warmup_epochs: int = bounded(0, ge=0)
     adv_fn_detector: str = "topk"  # detector of the adversarial *_fn variants
     device: str = "auto"
     headline_norm: str = "linf"
-    headline_eps: float = 2.0  # x 255 for linf; raw for l2
-    min_gap: float = 0.02  # below this RA_sl - RA_csl, "gap closed" is n/a
+    headline_eps: float = bounded(2.0, ge=0)  # x 255 for linf; raw for l2
+    min_gap: float = bounded(0.02, ge=0)  # below this RA_sl - RA_csl, "gap closed" is n/a
     progress: bool = True
     eval: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # where the config was read from (set by load_study_config)

@@ -20,16 +20,19 @@ Several machines (run on every node, ``--node_rank`` 0..N-1; the endpoint is nod
         -m vidcsl pretrain configs/ucf101_r3d18_simclr.yaml
 
 CPU-only DDP (gloo) works the same way (``--nproc_per_node 2`` on a CPU machine). SIGTERM / SIGINT
-save a checkpoint at the next step boundary and exit with status 3; rerun with ``--resume``.
+save a checkpoint at the next step boundary (or stop the final kNN monitor) and exit with status 3;
+rerun with ``--resume``. A user error (config, data, checkpoint, run folder) exits with status 2, a
+diverged run with status 1; see docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from typing import Any
 
-EXIT_PREEMPTED = 3
+EXIT_DIVERGED = 1  # the loss or the model state became NaN / inf (the last good checkpoint is kept)
 
 
 def _overrides_help() -> str:
@@ -56,7 +59,8 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("overrides", nargs="*", help="overrides of the stored config, e.g. probe.epochs=20 "
                    "probe.optimizer=adam probe.cached=false")
     p.add_argument("--out", default=None, help="output folder (default: RUN/probe)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: the run's train.device)")
+    p.add_argument("--device", default=None, type=device_arg,
+                   help="cpu | cuda | cuda:N (default: the run's train.device)")
     p.set_defaults(func=_cmd_probe)
 
     p = subparsers.add_parser("knn", help="weighted kNN accuracy (k=200, cosine, T=0.07) of a trained encoder",
@@ -64,8 +68,17 @@ def add_commands(subparsers: Any) -> None:
                               "features as queries; prints and writes RUN/knn.json.")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="run folder or checkpoint file")
     p.add_argument("overrides", nargs="*", help="overrides of the stored config, e.g. train.knn_k=20")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N")
+    p.add_argument("--device", default=None, type=device_arg, help="cpu | cuda | cuda:N")
     p.set_defaults(func=_cmd_knn)
+
+
+def device_arg(text: str) -> str:
+    """argparse type of ``--device``: auto, cpu, cuda or cuda:N (whether this machine has it is checked later)."""
+    from vidcsl.config import DEVICE_PATTERN
+
+    if not re.fullmatch(DEVICE_PATTERN, text):
+        raise argparse.ArgumentTypeError(f"must be auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
 def _launch_epilog() -> str:
@@ -76,22 +89,18 @@ def _launch_epilog() -> str:
 
 
 def _run_training(args: argparse.Namespace, extra: tuple[str, ...] = ()) -> int:
+    """Errors of the user (config, data, run folder) and preemption reach ``vidcsl.cli.main``, which
+    prints them as one line (exit 2 and 3); a diverged run prints its reason and exits 1."""
     from vidcsl.config import load_config
     from vidcsl.train.distributed import cleanup_distributed
-    from vidcsl.train.trainer import NonFiniteLossError, RunPreempted, Trainer
+    from vidcsl.train.trainer import NonFiniteLossError, Trainer
 
+    cfg = load_config(args.config, [*args.overrides, *extra])
     try:
-        cfg = load_config(args.config, [*args.overrides, *extra])
         result = Trainer(cfg, run_dir=args.run_dir, resume=args.resume).fit()
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except NonFiniteLossError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except RunPreempted as err:
-        print(str(err), file=sys.stderr)
-        return EXIT_PREEMPTED
+        print(f"vidcsl {args.command}: error: {err}", file=sys.stderr)
+        return EXIT_DIVERGED
     finally:
         cleanup_distributed()
     m = result.metrics
@@ -112,22 +121,14 @@ def _cmd_supervise(args: argparse.Namespace) -> int:
 def _cmd_probe(args: argparse.Namespace) -> int:
     from vidcsl.train.probe import run_probe
 
-    try:
-        s = run_probe(args.run, args.overrides, out_dir=args.out, device=args.device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    s = run_probe(args.run, args.overrides, out_dir=args.out, device=args.device)
     test = "n/a" if s["test_acc"] is None else f"{s['test_acc']:.4f}"
     print(f"linear probe: best epoch {s['best_epoch']}, val acc {s['val_acc']:.4f}, test acc {test}")
     return 0
 
 
 def _cmd_knn(args: argparse.Namespace) -> int:
-    try:
-        result = run_knn(args.run, args.overrides, device=args.device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    result = run_knn(args.run, args.overrides, device=args.device)
     print(" ".join(f"{k} {v:.4f}" for k, v in result.items() if isinstance(v, float)))
     return 0
 

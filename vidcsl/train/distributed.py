@@ -8,6 +8,7 @@ every helper here becomes a no-op, so the trainer has one code path.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch.utils.data import Dataset, DistributedSampler
+
+from vidcsl.config import DEVICE_PATTERN
+from vidcsl.errors import ConfigError
 
 
 @dataclass
@@ -33,15 +37,21 @@ class DistInfo:
         return self.world_size > 1
 
 
-def select_device(pref: str = "auto", local_rank: int = 0) -> torch.device:
-    """``auto`` -> this process's GPU when CUDA is available, else CPU; explicit names are checked."""
+def select_device(pref: str = "auto", local_rank: int = 0, *, name: str = "config key 'train.device'") -> torch.device:
+    """``auto`` -> this process's GPU when CUDA is available, else CPU; ``cpu``, ``cuda``, ``cuda:N`` are checked
+    against this machine (:class:`ConfigError` naming ``name`` otherwise)."""
+    if not isinstance(pref, str) or not re.fullmatch(DEVICE_PATTERN, pref):
+        raise ConfigError(f"{name} must be auto, cpu, cuda or cuda:N, got {pref!r}")
     if pref == "auto":
         return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
     device = torch.device(pref)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"config key 'train.device' is {pref!r} but CUDA is not available")
+        raise ConfigError(f"{name} is {pref!r} but this machine has no usable CUDA GPU; use cpu or auto")
     if device.type == "cuda" and device.index is None:
         device = torch.device(f"cuda:{local_rank}")
+    if device.type == "cuda" and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"{name} asks for GPU {device.index} but this machine has "
+                          f"{torch.cuda.device_count()} (cuda:0..cuda:{torch.cuda.device_count() - 1})")
     return device
 
 

@@ -13,20 +13,30 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from vidcsl.errors import DataError
+
 Tensor = torch.Tensor
+
+
+class ExtractionStopped(Exception):
+    """``should_stop`` asked :func:`extract_features` to stop (e.g. SIGTERM during a kNN monitor)."""
 
 
 @torch.no_grad()
 def extract_features(embed: Callable[[Tensor], Tensor], loader: Iterable, device: torch.device, *,
-                     is_video: bool, desc: str = "features", progress: bool = True) -> tuple[Tensor, Tensor]:
+                     is_video: bool, desc: str = "features", progress: bool = True,
+                     should_stop: Callable[[], bool] | None = None) -> tuple[Tensor, Tensor]:
     """Run ``embed`` over ``loader`` -> (float32 features on CPU, int64 labels); skipped (None) batches dropped.
 
     A sample holding several clips / crops (one extra leading dim) is embedded per view and averaged.
+    ``should_stop`` is asked before each batch; when it says yes, :class:`ExtractionStopped` is raised.
     """
     sample_dims = 4 if is_video else 3
     feats, labels = [], []
     use_bf16 = device.type == "cuda"
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        if should_stop is not None and should_stop():
+            raise ExtractionStopped(f"{desc}: stopped after {len(feats)} batches")
         if batch is None:
             continue
         x, y = batch[0], batch[1]
@@ -40,7 +50,7 @@ def extract_features(embed: Callable[[Tensor], Tensor], loader: Iterable, device
         feats.append(f.view(-1, views, f.shape[-1]).mean(1).cpu())
         labels.append(torch.as_tensor(y).long().cpu())
     if not feats:
-        raise ValueError(f"{desc}: the loader gave no usable samples (all batches were bad or empty)")
+        raise DataError(f"{desc}: the loader gave no usable samples (all batches were bad or empty)")
     return torch.cat(feats), torch.cat(labels)
 
 

@@ -5,12 +5,20 @@
 It owns devices (bf16 autocast and channels_last on CUDA), gradient accumulation, the optimiser and
 its per-step schedule, seeding, DDP, progress / logs, the kNN monitor, checkpoints and preemption;
 a :class:`vidcsl.methods.base.Method` only turns a batch into a loss. Run folder ``runs/<name>/``:
-``config.yaml``, ``metrics.csv``, ``tensorboard/``, ``checkpoints/last.pt``, ``metrics.json``.
+``config.yaml``, ``metrics.csv``, ``tensorboard/``, ``checkpoints/last.pt``, ``metrics.json`` (written
+when the run finishes; ``metrics_partial.json`` when SIGTERM stopped its final kNN monitor), ``.lock``
+while it runs.
 
 Exact resume: the sampler's shuffle is seeded per epoch and can start mid-epoch, the DataLoader has its
 own generator (so creating one does not touch the global RNG), and the checkpoint restores every RNG
 state, so an interrupted run ends with the weights of an uninterrupted one (on CPU with
 ``data.num_workers=0``; video clips are seeded per item, so videos also resume exactly with workers).
+
+Nothing fails silently (``docs/reliability.md``): a second process in the same run folder, a config that
+differs from the checkpoint's on ``--resume``, a NaN / inf loss or model state, an epoch with no usable
+batch or too many bad samples, a write that fails: each stops the run with a message naming the cause,
+the last good checkpoint intact. SIGTERM / SIGINT after setup, including during the final checkpoint and
+kNN monitor, saves a state to resume from and raises :class:`RunPreempted` (exit status 3).
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ from __future__ import annotations
 import math
 import os
 import random
+import sys
+import tempfile
 import time
 from collections import defaultdict
 from contextlib import nullcontext
@@ -31,30 +41,47 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from kernels.info_nce import NonFiniteEmbeddingError
-from vidcsl.config import Config, config_to_dict, save_config
+from vidcsl.config import Config, config_differences, config_to_dict, config_yaml
 from vidcsl.data.factory import DataBundle, build_datasets, set_dataset_epoch
+from vidcsl.errors import CheckpointError, ConfigError, DataError, Preempted, RunFolderError
 from vidcsl.methods.base import Method, StepContext, build_method, method_class
 from vidcsl.train import distributed as D
 from vidcsl.train.checkpoint import (
     CHECKPOINT_DIR,
     LAST,
     Preemption,
+    build_encoder_of,
+    check_state_fits,
     load_checkpoint,
+    non_finite_entries,
     rng_state,
     save_checkpoint,
     set_rng_state,
 )
-from vidcsl.train.knn import extract_features, knn_accuracy
-from vidcsl.train.logging import RunLogger, write_json
+from vidcsl.train.knn import ExtractionStopped, extract_features, knn_accuracy
+from vidcsl.train.logging import RunLogger, write_json, write_text_atomic
 from vidcsl.train.optim import WarmupCosine, build_optimizer
+from vidcsl.train.run_folder import RunLock, describe_holder, remove_temp_files, writing
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN / inf; the run stopped and its last good checkpoint was kept."""
+    """The loss or the model state (a parameter, a BatchNorm statistic) became NaN / inf; the run stopped
+    and its last good checkpoint was kept."""
 
 
-class RunPreempted(RuntimeError):
-    """SIGTERM / SIGINT arrived; a checkpoint was saved at the step boundary (resume with ``--resume``)."""
+class RunPreempted(Preempted):
+    """SIGTERM / SIGINT arrived; a checkpoint to continue from was saved (``--resume``); exit status 3."""
+
+
+METRICS, PARTIAL_METRICS = "metrics.json", "metrics_partial.json"  # a finished run's summary; an interrupted one's
+
+# Keys a resumed run may change: where and how long it runs, what it logs and monitors, where the data
+# lives. Any other difference from the checkpoint's config would silently change what is being trained.
+RESUME_MAY_CHANGE = ("train.epochs", "train.max_steps", "train.name", "train.runs_dir", "train.device",
+                     "train.progress", "train.tensorboard", "train.log_every", "train.ckpt_every", "train.knn_every",
+                     "train.knn_k", "train.knn_temperature", "data.num_workers", "data.root", "data.cache_dir",
+                     "data.annotations", "data.train_list", "data.val_list", "data.test_list", "data.limit_eval",
+                     "data.max_bad_fraction", "probe.")
 
 
 def seed_everything(seed: int, deterministic: bool = False) -> None:
@@ -141,31 +168,29 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else Path(cfg.train.runs_dir) / name
         self.ckpt_path = self.run_dir / CHECKPOINT_DIR / LAST
         self._data = data
+        self.lock: RunLock | None = None
+        self.logger: RunLogger | None = None
+        self.bar: tqdm | None = None
+        self.preempt: Preemption | None = None
 
     # ------------------------------------------------------------------------------------------ setup
     def _setup(self) -> None:
+        """Lock the run folder, read and check a checkpoint to resume, build everything; only then write
+        into the folder (so a refused resume leaves it as it was)."""
         cfg, t = self.cfg, self.cfg.train
         self.info = D.init_distributed(t.device)
         self.device = self.info.device
-        if self.ckpt_path.exists() and not self.resume:
-            raise ValueError(f"run folder {str(self.run_dir)!r} already has a checkpoint; pass --resume to "
-                             f"continue it, or choose another train.name / --run-dir")
-        if self.resume and not self.ckpt_path.exists():
-            raise ValueError(f"--resume: no checkpoint at {str(self.ckpt_path)!r}")
+        self._take_run_folder()
+        state = self._resume_state() if self.resume else None
         seed_everything(t.seed + self.info.rank, t.deterministic)  # ranks draw different augmentations
         per_step = self.info.world_size * t.accumulate
         if t.batch_size % per_step:
-            raise ValueError(f"config key 'train.batch_size' ({t.batch_size}) must be divisible by processes x "
-                             f"train.accumulate = {self.info.world_size} x {t.accumulate}")
+            raise ConfigError(f"config key 'train.batch_size' ({t.batch_size}) must be divisible by processes x "
+                              f"train.accumulate = {self.info.world_size} x {t.accumulate}")
         self.micro_batch = t.batch_size // per_step
         cls = method_class(cfg.method.name)
         self.data = self._data or build_datasets(cfg.data, cls.data_mode, views=cls.views_for(cfg), seed=t.seed)
-        if self._encoder is not None:
-            encoder = self._encoder
-        else:
-            from vidcsl.models.registry import build_encoder
-
-            encoder = build_encoder(cfg.model.encoder, **cfg.model.encoder_kwargs)
+        encoder = self._encoder if self._encoder is not None else build_encoder_of(cfg)
         self.method = build_method(cfg, encoder, self.data.num_classes).to(self.device)
         cuda = self.device.type == "cuda"
         self.channels_last = cuda and t.channels_last
@@ -186,8 +211,8 @@ class Trainer:
                                   seed=t.seed + self.info.rank, drop_last=True)
         self.steps_per_epoch = self.sampler.num_samples // self.micro_batch // t.accumulate
         if self.steps_per_epoch < 1:
-            raise ValueError(f"training split has {len(self.data.train)} samples: too few for one step of "
-                             f"train.batch_size={t.batch_size}; lower the batch size")
+            raise ConfigError(f"training split has {len(self.data.train)} samples: too few for one step of "
+                              f"config key 'train.batch_size' = {t.batch_size}; lower the batch size")
         self.total_steps = t.epochs * self.steps_per_epoch
         if t.max_steps is not None:
             self.total_steps = min(self.total_steps, t.max_steps)
@@ -195,14 +220,62 @@ class Trainer:
         warmup = round(cfg.optim.warmup_epochs * self.steps_per_epoch)
         self.scheduler = WarmupCosine(self.optimizer, t.epochs * self.steps_per_epoch, warmup, cfg.optim.min_lr,
                                       cfg.optim.schedule)
-        self.logger = RunLogger(self.run_dir, enabled=self.info.is_main, tensorboard=t.tensorboard)
-        if self.info.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
         self.counts = defaultdict(int)
+        self.running = _new_epoch_sums()
         self.history: dict[str, Any] = {}
-        if self.resume:
-            self._load(self.ckpt_path)
+        if state is not None:
+            self._load(state)
+        self.logger = RunLogger(self.run_dir, enabled=self.info.is_main, tensorboard=t.tensorboard)
+        if self.info.is_main:
+            write_text_atomic(self.run_dir / "config.yaml", config_yaml(cfg))
+            with writing(self.run_dir / METRICS, "remove"):  # a resumed run is unfinished until it ends again
+                (self.run_dir / METRICS).unlink(missing_ok=True)
+
+    def _take_run_folder(self) -> None:
+        """Rank 0 locks the run folder and clears leftovers of a killed run; every rank agrees on the outcome."""
+        error = None
+        if self.info.is_main:
+            try:
+                self.lock = RunLock(self.run_dir).acquire()
+            except RunFolderError as err:
+                error = err
+            else:
+                self._clear_leftovers()
+        if self._agree(error is not None):
+            raise error or RunFolderError(f"run folder {str(self.run_dir)!r} could not be locked by rank 0")
+        if self.ckpt_path.exists() and not self.resume:
+            raise RunFolderError(f"run folder {str(self.run_dir)!r} already has a checkpoint; pass --resume to "
+                                 f"continue it, or choose another train.name / --run-dir")
+        if self.resume and not self.ckpt_path.exists():
+            raise CheckpointError(f"--resume: no checkpoint at {str(self.ckpt_path)!r}")
+
+    def _clear_leftovers(self) -> None:
+        """Report a stale lock (its holder died), remove temporary files of a killed checkpoint write, and
+        check that checkpoints can be written at all."""
+        if self.lock.stale:
+            _note(f"run folder {str(self.run_dir)!r}: the lock of {describe_holder(self.lock.stale)} was stale "
+                  f"(that process ended without releasing it, e.g. killed); taking the folder over")
+        with writing(self.ckpt_path.parent, "write into the checkpoint folder"):  # fail now, not hours later
+            removed = remove_temp_files(self.ckpt_path)
+            self.ckpt_path.parent.mkdir(parents=True, exist_ok=True)
+            tempfile.NamedTemporaryFile(dir=self.ckpt_path.parent, prefix=".write_test").close()
+        if removed:
+            _note(f"removed {len(removed)} temporary file(s) of an interrupted checkpoint write: "
+                  f"{', '.join(p.name for p in removed)}")
+
+    def _resume_state(self) -> dict[str, Any]:
+        """The checkpoint to resume, refused (naming every differing key) when this config would train
+        something else than the config it was trained with."""
+        state = load_checkpoint(self.ckpt_path, map_location="cpu")
+        differences = config_differences(state.get("config") or {}, config_to_dict(self.cfg),
+                                         ignore=RESUME_MAY_CHANGE)
+        if differences:
+            raise CheckpointError(
+                f"--resume: the config differs from the one {str(self.ckpt_path)!r} was trained with: "
+                f"{'; '.join(differences)}. Resume with the run's own config ({self.run_dir / 'config.yaml'}) "
+                f"or start a new run folder")
+        return state
 
     # ------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict[str, Any]:
@@ -211,12 +284,16 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(), "rng": rng_state(),
             "progress": {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
                          "global_step": self.global_step},
+            "epoch_sums": dict(self.running),
             "counts": dict(self.counts), "history": dict(self.history), "num_classes": self.data.num_classes,
             "config": config_to_dict(self.cfg),
         }
 
     def save(self) -> Path | None:
-        """Rank 0 writes ``checkpoints/last.pt`` atomically, with every rank's RNG state; every rank waits."""
+        """Rank 0 writes ``checkpoints/last.pt`` atomically, with every rank's RNG state; every rank waits.
+
+        A model state holding NaN / inf stops the run instead (the last good checkpoint stays)."""
+        self._check_finite_state()
         rng_ranks = D.all_gather_objects(rng_state())  # ranks draw differently: resume each from its own
         path = None
         if self.info.is_main:
@@ -224,8 +301,8 @@ class Trainer:
         D.barrier()
         return path
 
-    def _load(self, path: Path) -> None:
-        state = load_checkpoint(path, map_location="cpu")
+    def _load(self, state: dict[str, Any]) -> None:
+        check_state_fits(self.method, state["model"], self.ckpt_path)
         self.method.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -236,25 +313,37 @@ class Trainer:
         set_rng_state(ranks[self.info.rank] if same_world else state["rng"])
         p = state["progress"]
         self.epoch, self.step_in_epoch, self.global_step = p["epoch"], p["step_in_epoch"], p["global_step"]
+        self.running.update(state.get("epoch_sums", {}))
         self.counts.update(state.get("counts", {}))
         self.history.update(state.get("history", {}))
 
     # --------------------------------------------------------------------------------------- monitor
     def knn_monitor(self) -> float | None:
-        """Weighted kNN accuracy of the backbone features on the validation split (rank 0 computes)."""
-        acc = None
+        """Weighted kNN accuracy of the backbone features on the validation split (rank 0 computes).
+
+        SIGTERM during it raises :class:`ExtractionStopped` on every rank."""
+        acc, stopped = None, False
         if self.info.is_main:
             self.method.eval()
             t, bs, workers = self.cfg.train, self.micro_batch, self.cfg.data.num_workers
-            common = dict(is_video=self.data.is_video, progress=t.progress)
-            bank = extract_features(self.method.embed, make_loader(self.data.train_eval, bs, workers), self.device,
-                                    desc="kNN bank", **common)
-            query = extract_features(self.method.embed, make_loader(self.data.val, bs, workers), self.device,
-                                     desc="kNN val", **common)
-            acc = knn_accuracy(*bank, *query, self.data.num_classes, k=t.knn_k, temperature=t.knn_temperature)
-            self.method.train()
+            common = dict(is_video=self.data.is_video, progress=t.progress, should_stop=self._stop_requested)
+            try:
+                bank = extract_features(self.method.embed, make_loader(self.data.train_eval, bs, workers),
+                                        self.device, desc="kNN bank", **common)
+                query = extract_features(self.method.embed, make_loader(self.data.val, bs, workers), self.device,
+                                         desc="kNN val", **common)
+                acc = knn_accuracy(*bank, *query, self.data.num_classes, k=t.knn_k, temperature=t.knn_temperature)
+            except ExtractionStopped:
+                stopped = True
+            finally:
+                self.method.train()
         D.barrier()
+        if self._agree(stopped):
+            raise ExtractionStopped("kNN monitor stopped by a signal")
         return acc
+
+    def _stop_requested(self) -> bool:
+        return self.preempt is not None and self.preempt.requested
 
     # ------------------------------------------------------------------------------------------- loop
     def _sync_batch(self, batch: Any) -> tuple[bool, int]:
@@ -275,14 +364,19 @@ class Trainer:
         return StepContext(epoch=self.epoch, global_step=self.global_step, rank=self.info.rank,
                            world_size=self.info.world_size, gather=D.gather_with_grad, gather_nograd=D.gather_nograd)
 
+    def _count_samples(self, used: int, bad: int) -> None:
+        for counter in (self.counts, self.running):
+            counter["samples"] += used
+            counter["bad_samples"] += bad
+
     def _micro_step(self, batch: Any, last: bool) -> tuple[torch.Tensor | None, dict]:
         """Forward + backward of one micro-batch -> (loss, or None if some rank had no batch; logs)."""
         no_batch, size = self._sync_batch(batch)
         if no_batch or size < 2:  # nothing left after dropping bad samples (or no pair to contrast)
             self.counts["skipped_batches"] += 1
-            self.counts["bad_samples"] += self.micro_batch if batch is None else getattr(batch, "dropped", 0)
+            self._count_samples(0, self.micro_batch if batch is None else getattr(batch, "dropped", 0))
             return None, {}
-        self.counts["bad_samples"] += getattr(batch, "dropped", 0)
+        self._count_samples(0, getattr(batch, "dropped", 0))
         if size < batch_size_of(batch):
             self.counts["trimmed_samples"] += batch_size_of(batch) - size
             batch = trim_batch(batch, size)
@@ -294,9 +388,9 @@ class Trainer:
                 try:
                     loss, logs = self.model(batch, self._context())
                 except NonFiniteEmbeddingError as err:  # diverged: NaN/inf embeddings reach the loss
-                    raise self._non_finite(float("nan"), str(err)) from err
+                    raise self._non_finite(f"non-finite loss (nan) ({err})") from err
             self.scaler.scale(loss.float() / self.cfg.train.accumulate).backward()
-        self.counts["samples"] += size
+        self._count_samples(size, 0)
         return loss.detach().float(), logs
 
     def _optimizer_step(self) -> None:
@@ -310,116 +404,210 @@ class Trainer:
         self.scheduler.step()
         self.method.after_optimizer_step()
 
-    def _non_finite(self, loss: float, why: str = "") -> NonFiniteLossError:
+    def _non_finite(self, what: str) -> NonFiniteLossError:
         kept = str(self.ckpt_path) if self.ckpt_path.exists() else "none (no checkpoint was written yet)"
-        why = f" ({why})" if why else ""
         return NonFiniteLossError(
-            f"non-finite loss ({loss}){why} at epoch {self.epoch}, optimiser step {self.global_step}; stopping the run. "
+            f"{what} at epoch {self.epoch}, optimiser step {self.global_step}; stopping the run. "
             f"Last good checkpoint: {kept}. Try a lower optim.lr, optim.grad_clip, or train.precision=fp32.")
 
+    def _check_finite_state(self) -> None:
+        """Stop the run when a parameter or buffer (e.g. a BatchNorm running variance) holds NaN / inf:
+        the loss of a BatchNorm network can stay finite while its statistics have overflowed."""
+        bad = non_finite_entries(self.method.state_dict())
+        if self._agree(bool(bad)):
+            raise self._non_finite(f"non-finite model state ({', '.join(bad[:3]) or 'on another rank'})")
+
+    def _check_data(self, scope: str) -> None:
+        """Stop with a :class:`DataError` when ``scope`` (an epoch) had no usable batch, or more bad samples
+        than ``data.max_bad_fraction`` of those drawn."""
+        r = self.running
+        totals = torch.tensor([r["samples"], r["bad_samples"], r["loss_steps"]], dtype=torch.float64)
+        if self.info.distributed:
+            totals = D.all_reduce(totals.to(self.device), "sum").cpu()
+        used, bad, steps = (int(v) for v in totals.tolist())
+        limit = self.cfg.data.max_bad_fraction
+        if steps > 0 and bad <= limit * (used + bad):
+            return
+        why = "no usable batch" if steps == 0 else f"more than data.max_bad_fraction = {limit:g}"
+        raise DataError(f"{_data_source(self.cfg.data)}: {bad} of {used + bad} training samples drawn in {scope} "
+                        f"were bad (unreadable, corrupt or too short): {why}; the warnings above name the files "
+                        f"('vidcsl data check' lists them all)")
+
     def fit(self) -> TrainResult:
-        self._setup()
-        t, acc = self.cfg.train, self.cfg.train.accumulate
-        samples_per_step = self.micro_batch * self.info.world_size * acc
-        bar = tqdm(total=self.total_steps, initial=self.global_step, desc=f"{self.cfg.method.name}",
-                   disable=not (t.progress and self.info.is_main), dynamic_ncols=True)
-        window: dict[str, list[float]] = defaultdict(list)
-        start_time, start_step = time.perf_counter(), self.global_step
-        tick = time.perf_counter()
-        self.method.train()
-        with Preemption() as preempt:
-            while self.epoch < t.epochs and self.global_step < self.total_steps:
-                self.method.on_train_epoch_start(self.epoch)
-                set_dataset_epoch(self.data.train, self.epoch)
-                self.sampler.set_position(self.epoch, self.step_in_epoch * acc * self.micro_batch)
-                batches = iter(self.loader)
-                epoch_logs: dict[str, list[float]] = defaultdict(list)
-                while self.step_in_epoch < self.steps_per_epoch and self.global_step < self.total_steps:
-                    losses = []
-                    for micro in range(acc):
-                        loss, logs = self._micro_step(next(batches), micro == acc - 1)
-                        if loss is not None:
-                            losses.append(loss)
-                            for k, v in logs.items():
-                                window[k].append(v)
-                    local = torch.stack(losses).mean() if losses else torch.zeros((), device=self.device)
-                    mean_loss = float(D.all_reduce(local.clone(), "mean")) if self.info.distributed else float(local)
-                    if not math.isfinite(mean_loss):
-                        bar.close()
-                        self.logger.close()
-                        raise self._non_finite(mean_loss)
-                    if losses:
-                        self._optimizer_step()
-                    else:
-                        self.optimizer.zero_grad(set_to_none=True)
-                        self.scheduler.step()
-                    self.global_step += 1
-                    self.step_in_epoch += 1
-                    if losses:
-                        window["loss"].append(mean_loss)
-                        epoch_logs["loss"].append(mean_loss)
-                    bar.update(1)
-                    if self.global_step % t.log_every == 0 or self.global_step == self.total_steps:
-                        now = time.perf_counter()
-                        speed = samples_per_step * len(window["loss"]) / max(now - tick, 1e-9)
-                        scalars = {f"train/{k}": _nanmean(v) for k, v in window.items()}
-                        scalars.update({"train/lr": self.optimizer.param_groups[0]["lr"],
-                                        "train/samples_per_s": speed})
-                        self.logger.log(self.global_step, scalars, epoch=self.epoch)
-                        bar.set_postfix(loss=f"{scalars.get('train/loss', math.nan):.4f}",
-                                        lr=f"{scalars['train/lr']:.3g}", sps=f"{speed:.0f}")
-                        window.clear()
-                        tick = now
-                    if self._agree(preempt.requested):
-                        path = self.save()
-                        bar.close()
-                        self.logger.close()
-                        raise RunPreempted(f"stopped by {preempt.signal_name or 'a signal'} at optimiser step "
-                                           f"{self.global_step}; checkpoint {path or self.ckpt_path} saved, "
-                                           f"continue with --resume")
-                    if t.ckpt_every and self.global_step % t.ckpt_every == 0:
-                        self.save()
-                if self.step_in_epoch >= self.steps_per_epoch:
-                    self._end_epoch(epoch_logs)
-        bar.close()
-        self.save()
-        metrics = self._final_metrics(time.perf_counter() - start_time, self.global_step - start_step,
-                                      samples_per_step)
-        self.logger.close()
+        try:
+            self._setup()
+            with Preemption() as self.preempt:
+                self._train()
+                metrics = self._finish()
+        finally:
+            self._close()
         return TrainResult(self.run_dir, metrics, self.method)
 
-    def _end_epoch(self, epoch_logs: dict[str, list[float]]) -> None:
+    def _train(self) -> None:
         t = self.cfg.train
-        scalars = {f"epoch/{k}": _nanmean(v) for k, v in epoch_logs.items()}
+        self.samples_per_step = self.micro_batch * self.info.world_size * t.accumulate
+        self.bar = tqdm(total=self.total_steps, initial=self.global_step, desc=f"{self.cfg.method.name}",
+                        disable=not (t.progress and self.info.is_main), dynamic_ncols=True)
+        self.window: dict[str, list[float]] = defaultdict(list)
+        self.start_time, self.start_step = time.perf_counter(), self.global_step
+        self.tick = time.perf_counter()
+        self.method.train()
+        while True:
+            if self.step_in_epoch >= self.steps_per_epoch:  # also an epoch end a preempted run left pending
+                self._end_epoch()
+            if self.epoch >= t.epochs or self.global_step >= self.total_steps:
+                break
+            self._train_epoch()
+
+    def _train_epoch(self) -> None:
+        """Optimiser steps until the epoch ends or the run reaches its last step."""
+        t = self.cfg.train
+        self.method.on_train_epoch_start(self.epoch)
+        set_dataset_epoch(self.data.train, self.epoch)
+        self.sampler.set_position(self.epoch, self.step_in_epoch * t.accumulate * self.micro_batch)
+        batches = iter(self.loader)
+        while self.step_in_epoch < self.steps_per_epoch and self.global_step < self.total_steps:
+            self._train_step(batches)
+            self.bar.update(1)
+            if self.global_step % t.log_every == 0 or self.global_step == self.total_steps:
+                self._check_finite_state()
+                self._log_window()
+            if self._agree(self.preempt.requested):
+                self._stop_preempted(f"at optimiser step {self.global_step}")
+            if t.ckpt_every and self.global_step % t.ckpt_every == 0:
+                self.save()
+
+    def _train_step(self, batches: Any) -> None:
+        """One optimiser step over ``train.accumulate`` micro-batches; the loss goes into the running sums."""
+        acc = self.cfg.train.accumulate
+        losses = []
+        for micro in range(acc):
+            loss, logs = self._micro_step(next(batches), micro == acc - 1)
+            if loss is not None:
+                losses.append(loss)
+                for k, v in logs.items():
+                    self.window[k].append(v)
+        local = torch.stack(losses).mean() if losses else torch.zeros((), device=self.device)
+        mean_loss = float(D.all_reduce(local.clone(), "mean")) if self.info.distributed else float(local)
+        if not math.isfinite(mean_loss):
+            raise self._non_finite(f"non-finite loss ({mean_loss})")
+        if losses:
+            self._optimizer_step()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scheduler.step()
+        self.global_step += 1
+        self.step_in_epoch += 1
+        if losses:
+            self.window["loss"].append(mean_loss)
+            self.running["loss_sum"] += mean_loss
+            self.running["loss_steps"] += 1
+
+    def _log_window(self) -> None:
+        now = time.perf_counter()
+        speed = self.samples_per_step * len(self.window["loss"]) / max(now - self.tick, 1e-9)
+        scalars = {f"train/{k}": _nanmean(v) for k, v in self.window.items()}
+        scalars.update({"train/lr": self.optimizer.param_groups[0]["lr"], "train/samples_per_s": speed})
+        self.logger.log(self.global_step, scalars, epoch=self.epoch)
+        self.bar.set_postfix(loss=f"{scalars.get('train/loss', math.nan):.4f}", lr=f"{scalars['train/lr']:.3g}",
+                             sps=f"{speed:.0f}")
+        self.window.clear()
+        self.tick = now
+
+    def _stop_preempted(self, when: str, save: bool = True) -> None:
+        path = self.save() if save else self.ckpt_path
+        name = self.preempt.signal_name or "a signal"
+        raise RunPreempted(f"stopped by {name} {when}; checkpoint {path or self.ckpt_path} saved, "
+                           f"continue with --resume")
+
+    def _end_epoch(self) -> None:
+        """Check the epoch's data, log its mean loss (from running sums that checkpoints keep, so a resumed
+        epoch's loss covers all of it) and run the kNN monitor when it is due."""
+        t = self.cfg.train
+        self._check_data(f"epoch {self.epoch}")
+        r = self.running
+        scalars = {"epoch/loss": r["loss_sum"] / r["loss_steps"] if r["loss_steps"] else math.nan}
         if t.knn_every > 0 and (self.epoch + 1) % t.knn_every == 0 and self.epoch + 1 < t.epochs:
-            acc = self.knn_monitor()
+            try:
+                acc = self.knn_monitor()
+            except ExtractionStopped:  # the epoch end is redone on --resume
+                self._stop_preempted(f"during the kNN monitor after epoch {self.epoch}")
             if acc is not None:
                 scalars["epoch/knn_val_acc"] = acc
         self.logger.log(self.global_step, scalars, epoch=self.epoch)
-        self.history.setdefault("epoch_loss", []).append(scalars.get("epoch/loss", math.nan))
+        self.history.setdefault("epoch_loss", []).append(scalars["epoch/loss"])
         self.epoch += 1
         self.step_in_epoch = 0
+        self.running = _new_epoch_sums()
 
-    def _final_metrics(self, seconds: float, steps: int, samples_per_step: int) -> dict[str, Any]:
+    def _finish(self) -> dict[str, Any]:
+        """Final checks and checkpoint, then the final metrics (SIGTERM in between: exit 3, resumable)."""
+        self.bar.close()
+        if self.step_in_epoch > 0:  # the run ended inside an epoch (train.max_steps)
+            self._check_data(f"the {self.step_in_epoch} steps of epoch {self.epoch}")
+        self.save()
+        if self._agree(self.preempt.requested):
+            self._stop_preempted("after the final checkpoint", save=False)
+        return self._final_metrics(time.perf_counter() - self.start_time, self.global_step - self.start_step)
+
+    def _close(self) -> None:
+        """Close the progress bar and the logs and unlock the run folder, however the run ended."""
+        for thing in (self.bar, self.logger):
+            if thing is not None:
+                thing.close()
+        if self.lock is not None:
+            self.lock.release()
+
+    def _final_metrics(self, seconds: float, steps: int) -> dict[str, Any]:
         counts = torch.tensor([float(self.counts[k]) for k in ("bad_samples", "skipped_batches", "trimmed_samples")])
         counts = D.all_reduce(counts.to(self.device), "sum").cpu() if self.info.distributed else counts
         metrics = {
             "method": self.cfg.method.name, "encoder": self.cfg.model.encoder, "dataset": self.cfg.data.kind,
             "epochs_completed": self.epoch, "global_step": self.global_step, "world_size": self.info.world_size,
             "epoch_loss": self.history.get("epoch_loss", []),
-            "train_seconds": seconds, "samples_per_s": samples_per_step * steps / max(seconds, 1e-9),
+            "train_seconds": seconds, "samples_per_s": self.samples_per_step * steps / max(seconds, 1e-9),
             "bad_samples": int(counts[0]), "skipped_batches": int(counts[1]), "trimmed_samples": int(counts[2]),
             "checkpoint": str(self.ckpt_path),
         }
-        if self.cfg.train.knn_every >= 0:
-            metrics["knn_val_acc"] = self.knn_monitor()
-            self.logger.log(self.global_step, {"final/knn_val_acc": metrics["knn_val_acc"] or math.nan})
         if metrics["bad_samples"] and self.info.is_main:
             tqdm.write(f"note: {metrics['bad_samples']} bad samples were skipped "
                        f"({metrics['skipped_batches']} whole batches)")
-        if self.info.is_main:
-            write_json(self.run_dir / "metrics.json", metrics)
+        if self.cfg.train.knn_every >= 0:
+            try:
+                metrics["knn_val_acc"] = self.knn_monitor()
+            except ExtractionStopped:
+                self._write_metrics({**metrics, "knn_val_acc": None}, partial=True)
+                self._stop_preempted(f"during the final kNN monitor ({PARTIAL_METRICS} written without it)",
+                                     save=False)
+            self.logger.log(self.global_step, {"final/knn_val_acc": metrics["knn_val_acc"] or math.nan})
+        self._write_metrics(metrics)
         return metrics
+
+    def _write_metrics(self, metrics: dict[str, Any], partial: bool = False) -> None:
+        """``metrics.json`` exists only for a finished run (what a study checks); an interrupted one writes
+        ``metrics_partial.json``."""
+        if self.info.is_main:
+            write_json(self.run_dir / (PARTIAL_METRICS if partial else METRICS), metrics)
+            if not partial:
+                with writing(self.run_dir / PARTIAL_METRICS, "remove"):
+                    (self.run_dir / PARTIAL_METRICS).unlink(missing_ok=True)
+
+
+def _new_epoch_sums() -> dict[str, float]:
+    """What an epoch accumulates (and checkpoints keep): loss sum and steps, used and bad samples."""
+    return {"loss_sum": 0.0, "loss_steps": 0, "samples": 0, "bad_samples": 0}
+
+
+def _data_source(data: Any) -> str:
+    """The data a run trains on, as a user named it."""
+    for key in ("root", "train_list"):
+        if getattr(data, key, None):
+            return f"data.{key} {getattr(data, key)!r}"
+    return f"data.kind {data.kind!r}"
+
+
+def _note(message: str) -> None:
+    tqdm.write(f"note: {message}", file=sys.stderr)
 
 
 def _nanmean(values: list[float]) -> float:
