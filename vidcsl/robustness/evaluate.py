@@ -141,13 +141,13 @@ def _subset(key: str, values: list[str], allowed: tuple[str, ...], empty_ok: boo
 
 def _check_probe_overrides(overrides: list[str]) -> None:
     """Probe overrides must be ``probe.key=value`` and build a valid probe section."""
-    from vidcsl.config import Config, apply_overrides, config_from_dict, config_to_dict
+    from vidcsl.config import Config, apply_overrides, config_from_dict, config_to_dict, validate_config
 
     bad = [o for o in overrides if not o.startswith("probe.") or "=" not in o]
     if bad:
         raise ConfigError(f"config key 'eval.probe' takes 'probe.key=value' overrides (e.g. probe.epochs=10), got {bad}")
     try:
-        config_from_dict(apply_overrides(config_to_dict(Config()), overrides))
+        validate_config(config_from_dict(apply_overrides(config_to_dict(Config()), overrides)), check_paths=False)
     except ConfigError as err:
         raise ConfigError(f"config key 'eval.probe': {err}") from None
 

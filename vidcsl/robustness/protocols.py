@@ -182,8 +182,9 @@ def fit_robust_probe(setup: Any, ecfg: Any) -> Any:
             x, y = xy[0].to(dev), xy[1].to(dev)
             adv = pgd(model, x, y, eps=eps, alpha=alpha, steps=steps, norm="linf", random_start=True,
                       generator=gen)
-            with torch.no_grad():
-                yield setup.embed(adv).float(), y
+            with torch.no_grad():  # (not around the yield: grad mode would stay off in the caller)
+                feats = setup.embed(adv).float()
+            yield feats, y
 
     probe_cfg = copy.deepcopy(cfg.probe)
     if ecfg.robust_probe_epochs is not None:

@@ -201,8 +201,9 @@ def train_live_probe(embed: Callable[[Tensor], Tensor], train_loader: Iterable, 
             xy = per_clip(batch, is_video)
             if xy is None:
                 continue
-            with torch.no_grad():
-                yield embed(xy[0].to(device)).float(), xy[1]
+            with torch.no_grad():  # (not around the yield: grad mode would stay off in the caller)
+                feats = embed(xy[0].to(device)).float()
+            yield feats, xy[1]
 
     return fit_probe(batches, feature_dim, num_classes, val, probe_cfg, mean=stats[0], std=stats[1], test=test,
                      device=device, progress=progress)
