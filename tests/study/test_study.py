@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from vidcsl.robustness import study as S
-from vidcsl.robustness.evaluate import fmt
+from vidcsl.report.tables import fmt
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
