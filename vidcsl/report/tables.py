@@ -59,8 +59,8 @@ def to_markdown(rows: Sequence[Row], columns: Sequence[str] | None = None, digit
         raise ValueError("to_markdown needs at least one row or the columns")
     cols = _columns(rows, columns)
     cells = [[format_value(r.get(c), digits).replace("|", "\\|") for c in cols] for r in rows]
-    numeric = [all(isinstance(r.get(c), int | float) and not isinstance(r.get(c), bool)
-                   for r in rows if r.get(c) is not None) for c in cols]
+    given = [[r.get(c) for r in rows if r.get(c) is not None] for c in cols]
+    numeric = [bool(vs) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in vs) for vs in given]
     head = "| " + " | ".join(cols) + " |"
     rule = "|" + "|".join("---:" if num else ":---" for num in numeric) + "|"
     body = ["| " + " | ".join(row) + " |" for row in cells]

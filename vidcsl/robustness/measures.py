@@ -300,31 +300,53 @@ def _corrupt(x: Tensor, name: str, severity: int, seed: int) -> Tensor:
     return corrupt(x, name, severity, seed=seed)
 
 
-def _measure_level(rec: OutcomeRecorder, plan: MeasurePlan, gens: dict[str, torch.Generator], protocol: str,
-                   level: str, model: nn.Module, x: Tensor, x_cpu: Tensor, y: Tensor, start: int,
-                   n_corr: int) -> None:
-    """Every measure of one protocol at one level on one batch (samples ``start ..``)."""
-    key = functools.partial(outcome_key, protocol, level)
-    rec.add(key("clean"), correct(model, x, y), start)
-    if plan.runs_at("attacks", level):
+@torch.no_grad()
+def correct_per_level(classifier: nn.Module, x: Tensor, y: Tensor, levels: Sequence[str]) -> dict[str, Tensor]:
+    """Bool (B,) per level from one forward pass per clip: for clip sets the clip level reads the centre clip's
+    logits and the video level their mean over the K clips (clips are run only when the video level is asked)."""
+    if x.dim() != 6:
+        return {level: correct(classifier, x, y) for level in levels[:1]}
+    if "video" not in levels:
+        return {"clip": correct(classifier, centre_clip(x), y)}
+    b, k = x.shape[:2]
+    logits = classifier(x.flatten(0, 1)).view(b, k, -1)
+    out = {"clip": (logits[:, k // 2].argmax(1) == y).cpu(), "video": (logits.mean(1).argmax(1) == y).cpu()}
+    return {level: out[level] for level in levels}
+
+
+def _measure_protocol(rec: OutcomeRecorder, plan: MeasurePlan, gens: dict[str, torch.Generator], protocol: str,
+                      classifier: nn.Module, x: Tensor, x_cpu: Tensor, y: Tensor, start: int, n_corr: int) -> None:
+    """Every measure of one protocol on one batch (samples ``start ..``), at every level the batch feeds."""
+    inputs = level_inputs(x, plan.levels)
+    for level, ok in correct_per_level(classifier, x, y, list(inputs)).items():
+        rec.add(outcome_key(protocol, level, "clean"), ok, start)
+    for level, xin in inputs.items():
+        if not plan.runs_at("attacks", level):
+            continue
+        model = VideoLevel(classifier) if level == "video" else classifier
+        key = functools.partial(outcome_key, protocol, level)
         for sw in plan.sweeps:
             name = f"{protocol}/{level}/{sw.attack}/{sw.norm}"
             gen = gens.setdefault(name, _generator(x.device, plan.seed, name))
-            res = _sweep(model, x, y, norm=sw.norm, eps_list=sw.all_eps(), attack=sw.attack, steps=plan.steps,
+            res = _sweep(model, xin, y, norm=sw.norm, eps_list=sw.all_eps(), attack=sw.attack, steps=plan.steps,
                          alpha_factor=plan.alpha_factor, random_start=plan.random_start, restarts=plan.restarts,
                          generator=gen)
             for eps, ok in res.items():
                 rec.add(key(sw.attack, norm=sw.norm, eps=eps), ok, start)
         aa = plan.autoattack
         if aa is not None and level == "image":
-            adv = _autoattack(model, x, y, eps=aa["eps"], norm=aa["norm"], n_classes=plan.num_classes,
+            adv = _autoattack(model, xin, y, eps=aa["eps"], norm=aa["norm"], n_classes=plan.num_classes,
                               version=aa["version"], seed=plan.seed)
             rec.add(key(AUTOATTACK, norm=aa["norm"], eps=aa["eps"]), correct(model, adv, y), start)
-    if n_corr > 0 and plan.runs_at("corruptions", level):
-        for name in plan.corruptions:
-            for sev in plan.severities:
-                xc = _corrupt(x_cpu[:n_corr], name, sev, seed=plan.seed + start).to(x.device)
-                rec.add(key("corruption", corruption=name, severity=sev), correct(model, xc, y[:n_corr]), start)
+    levels = [lvl for lvl in inputs if plan.runs_at("corruptions", lvl)]
+    if n_corr <= 0 or not plan.corruptions or not levels:
+        return
+    source = x_cpu[:n_corr] if "video" in levels else level_inputs(x_cpu[:n_corr], levels)[levels[0]]
+    for name in plan.corruptions:
+        for sev in plan.severities:
+            xc = _corrupt(source, name, sev, seed=plan.seed + start).to(x.device)
+            for level, ok in correct_per_level(classifier, xc, y[:n_corr], levels).items():
+                rec.add(outcome_key(protocol, level, "corruption", corruption=name, severity=sev), ok, start)
 
 
 def run_measures(batches: Iterable[Any], plan: MeasurePlan, device: torch.device, *,
@@ -333,10 +355,9 @@ def run_measures(batches: Iterable[Any], plan: MeasurePlan, device: torch.device
     """Measure every batch ``(x, y, dataset_index)`` of ``batches``; returns the recorded outcomes.
 
     ``representation`` (if given) sees the single-view input of each batch (the image, or the centre clip).
+    Corruptions of a clip set are drawn once for both levels (the clip level reads its centre clip).
     """
     rec = OutcomeRecorder()
-    models = {(p, lvl): (VideoLevel(clf) if lvl == "video" else clf)
-              for p, clf in plan.classifiers.items() for lvl in plan.levels}
     gens: dict[str, torch.Generator] = {}
     for batch in tqdm(batches, desc="evaluate", total=total, disable=not progress, leave=False):
         if batch is None:  # every sample of the batch was unreadable
@@ -345,14 +366,11 @@ def run_measures(batches: Iterable[Any], plan: MeasurePlan, device: torch.device
         start = rec.n
         rec.add_samples(torch.as_tensor(batch[2]).tolist(), y_cpu.tolist())
         x, y = x_cpu.to(device), y_cpu.to(device)
-        inputs, inputs_cpu = level_inputs(x, plan.levels), level_inputs(x_cpu, plan.levels)
-        if not inputs:
+        if not level_inputs(x, plan.levels):
             raise UsageError(f"no evaluation level fits batches of shape {tuple(x.shape)} (levels {plan.levels})")
         n_corr = x.shape[0] if plan.n_corruption is None else max(0, min(x.shape[0], plan.n_corruption - start))
-        for (protocol, level), model in models.items():
-            if level in inputs:
-                _measure_level(rec, plan, gens, protocol, level, model, inputs[level], inputs_cpu[level], y,
-                               start, n_corr)
+        for protocol, classifier in plan.classifiers.items():
+            _measure_protocol(rec, plan, gens, protocol, classifier, x, x_cpu, y, start, n_corr)
         if representation is not None:
             representation.add(centre_clip(x) if x.dim() == 6 else x, y)
     return rec
