@@ -69,7 +69,7 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "nonrobust", help="robust / non-robust feature datasets from encoders, then SL and CSL trained on each",
         formatter_class=fmt,
-        description="Ilyas et al.'s experiment for SL and CSL (SPEC §5). From RUN's encoder (a standard model) "
+        description="Ilyas et al.'s experiment (2019) for SL and CSL. From RUN's encoder (a standard model) "
         "build the non-robust set (each training image replaced by another one moved, within an L2 ball, until "
         "the encoder sees the features of the original; it keeps the original label) and, from --robust-run's "
         "encoder (an adversarially trained model), the robust set (no ball). Each is saved as .npz + .json "

@@ -545,7 +545,7 @@ def nonrobust_study(run: str | os.PathLike, *, robust_run: str | os.PathLike | N
             save_feature_dataset(npz, new_x, new_y, {
                 "kind": kind, "source_checkpoint": str(source), "dataset": cfg.data.kind, "n_train": len(idx),
                 "steps": steps, "step_size": step_size, "eps": None if robust else eps,
-                "objective": "min ||g(x') - g(x)||_2 from another training image (SPEC §5)"})
+                "objective": "min ||g(x') - g(x)||_2 from another training image (Ilyas et al. 2019)"})
         images, labels, meta = load_feature_dataset(npz)
         matrix[kind] = {"provenance": meta}
         for paradigm, method in (("sl", "supervised"), ("csl", "simclr")):
