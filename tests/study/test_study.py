@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from vidcsl.robustness import study as S
 from vidcsl.report.tables import fmt
+from vidcsl.robustness import study as S
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

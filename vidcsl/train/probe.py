@@ -20,7 +20,7 @@ from __future__ import annotations
 import copy
 import math
 import os
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -358,26 +358,27 @@ def run_probe(run_or_checkpoint: str | os.PathLike, overrides: list[str] | tuple
 @torch.no_grad()
 def extract_view_features(embed: Callable[[Tensor], Tensor], loader: Iterable, device: torch.device, is_video: bool,
                           desc: str, progress: bool) -> tuple[Tensor, Tensor]:
-    """(N, V, D) float32 features of every view of each sample (V = 1 for single views), int64 labels."""
-    from vidcsl.train.knn import extract_features
+    """(N, V, D) float32 features of every view of each sample (V = 1 for single views), int64 labels.
 
+    Computed in float32 (no autocast), as the evaluation computes its logits: the probe's reported accuracy
+    is then the evaluation's clean accuracy on the same samples.
+    """
     if isinstance(embed, nn.Module):
         embed.eval()
-    shape: list[int] = []
-
-    def flat() -> Iterator[tuple[Tensor, Tensor]]:
-        for batch in loader:
-            xy = per_clip(batch, is_video)
-            if xy is None:
-                continue
-            shape.append(xy[0].shape[0] // batch[0].shape[0])
-            yield xy
-
-    feats, labels = extract_features(embed, flat(), device, is_video=is_video, desc=desc, progress=progress)
-    views = shape[0] if shape else 1
-    if any(v != views for v in shape):
-        raise ValueError(f"{desc}: samples have different numbers of views {sorted(set(shape))}")
-    return feats.view(-1, views, feats.shape[-1]), labels[::views].clone()
+    feats, labels = [], []
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+        xy = per_clip(batch, is_video)
+        if xy is None:
+            continue
+        views = xy[0].shape[0] // batch[0].shape[0]
+        f = embed(xy[0].to(device, non_blocking=True)).flatten(1).float().cpu()
+        feats.append(f.view(-1, views, f.shape[-1]))
+        labels.append(xy[1][::views])
+    if not feats:
+        raise ValueError(f"{desc}: the loader gave no usable samples (all batches were bad or empty)")
+    if len({f.shape[1] for f in feats}) != 1:
+        raise ValueError(f"{desc}: samples have different numbers of views {sorted({f.shape[1] for f in feats})}")
+    return torch.cat(feats), torch.cat(labels)
 
 
 def extract_features_of(encoder: torch.nn.Module, loader: Iterable, device: torch.device, is_video: bool,
