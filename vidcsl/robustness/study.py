@@ -437,17 +437,18 @@ def run_study(study: StudyConfig, eval_overrides: list[str] | tuple[str, ...] = 
             else:
                 notes.append(f"track {t.name}: variant {v} skipped: its training method is not installed")
     results: dict[str, dict[str, dict[str, Any]]] = {t.name: {} for t in study.tracks}
-    # every sub-run's config is built (and checked: keys, dataset paths) before anything trains
+    # every sub-run's training and evaluation config is built (and checked) before anything trains
     configs = {(t.name, v): variant_config(study, t, v, root / t.name / v) for t, v in jobs}
+    evals = {(t.name, v): for_run(eval_config_from_dict({**study.eval, **t.eval, "progress": study.progress,
+                                                         "device": study.device}, eval_overrides),
+                                  configs[(t.name, v)].method.name == "supervised") for t, v in jobs}
     bar = tqdm(jobs, desc=f"study {study.name}", disable=not study.progress, position=0)
     for t, v in bar:
         bar.set_postfix_str(f"{t.name}/{v}")
         run_dir = root / t.name / v
         cfg = configs[(t.name, v)]
         how = train_variant(cfg, run_dir)
-        ecfg = eval_config_from_dict({**study.eval, **t.eval, "progress": study.progress,
-                                      "device": study.device}, eval_overrides)
-        results[t.name][v] = evaluate_variant(run_dir, for_run(ecfg, cfg.method.name == "supervised"))
+        results[t.name][v] = evaluate_variant(run_dir, evals[(t.name, v)])
         if how == "kept":
             notes.append(f"{t.name}/{v}: training kept from an earlier run of the study")
     bar.close()
