@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from vidcsl.config import FINITE, IMAGE_KINDS, bounded, choices
+from vidcsl.config import IMAGE_KINDS, bounded, choices
 from vidcsl.errors import ConfigError, DataError
 from vidcsl.robustness.measures import AUTOATTACK, EMPTY_CORRUPTIONS, MeasurePlan, Sweep, check_attack_names
 from vidcsl.robustness.outcomes import FILE_NAME as OUTCOMES_FILE
@@ -82,8 +82,9 @@ class EvalConfig:
 
     def validate(self) -> None:
         """Raise :class:`ConfigError` naming the first bad key (before anything loads or runs)."""
-        for f in dataclasses.fields(self):
-            f.metadata.get("domain", FINITE).check(getattr(self, f.name), f"eval.{f.name}")
+        for f in dataclasses.fields(self):  # every numeric field declares its domain (a config built in code)
+            if f.metadata.get("domain") is not None:
+                f.metadata["domain"].check(getattr(self, f.name), f"eval.{f.name}")
             allowed = f.metadata.get("choices")
             if allowed and getattr(self, f.name) not in allowed:
                 raise ConfigError(f"config key 'eval.{f.name}' must be one of {allowed}, got {getattr(self, f.name)!r}")
