@@ -4,7 +4,7 @@
 level (``image``; or ``clip`` and ``video`` for clip sets), it records one bool per sample for clean
 accuracy, each attack sweep (every eps), AutoAttack at its eps, and each corruption and severity; the
 representation metrics keep at most ``n_repr`` feature vectors. Nothing else outlives its batch, so memory
-does not grow with the number of evaluated samples. ``summarise`` turns the outcomes into the accuracies,
+does not grow with the number of evaluated samples. ``summarise_level`` turns the outcomes into the accuracies,
 corruption means and sanity checks of ``eval.json``. The protocols are described in ``docs/evaluation.md``.
 """
 
@@ -26,7 +26,6 @@ from vidcsl.errors import ConfigError, UsageError
 from vidcsl.robustness.outcomes import OutcomeRecorder, Outcomes, outcome_key
 
 Tensor = torch.Tensor
-LEVELS = ("image", "clip", "video")
 AUTOATTACK = "autoattack"
 # The attack registry's names (``vidcsl.attacks.ATTACKS``), used while that registry is not importable.
 KNOWN_ATTACKS = ("pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack", "cw-l2")
