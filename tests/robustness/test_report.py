@@ -60,3 +60,21 @@ def test_pairwise_values_match_definitions():
     z = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0]])
     torch.testing.assert_close(pairwise_values(z), torch.tensor([5**0.5, 2.0, 13**0.5]))
     torch.testing.assert_close(pairwise_values(z, "similarity"), torch.tensor([0.0, 1.0, 0.0]))
+
+
+def test_header_row_tables_print_missing_values_as_n_a(tmp_path):
+    from vidcsl.report.plots import plot_histogram
+    from vidcsl.report.tables import fmt, markdown_table, write_csv_rows
+
+    assert [fmt(v) for v in (None, float("nan"), float("inf"), 3, 0.5, True, "x")] == \
+        ["n/a", "n/a", "n/a", "3", "0.5000", "True", "x"]
+    md = markdown_table(["variant", "clean", "robust"], [["sl", 0.91234, None], ["csl", float("nan"), 2]])
+    assert md.splitlines()[2:] == ["| sl | 0.9123 | n/a |", "| csl | n/a | 2 |"]
+    assert markdown_table(["a", "b"], []).splitlines() == ["| a | b |", "|:---|:---|"]  # header alone
+    back = read_csv(write_csv_rows(tmp_path / "r.csv", ["a", "b"], [[0.1234567891, None]]))
+    assert back == [{"a": 0.1234567891, "b": None}]
+    assert read_csv(write_csv_rows(tmp_path / "e.csv", ["a", "b"], [])) == []
+    p = plot_histogram([1, 3, 2], [0, 1, 2, 3], tmp_path / "h.png", xlabel="x")
+    assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="edge"):
+        plot_histogram([1, 2], [0, 1], tmp_path / "h2.png", xlabel="x")

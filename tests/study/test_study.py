@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from vidcsl.report.tables import fmt
 from vidcsl.robustness import study as S
-from vidcsl.robustness.evaluate import fmt
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 

@@ -95,3 +95,41 @@ def test_warmup_cosine_schedule():
     other = WarmupCosine(torch.optim.SGD([p], lr=1.0), total_steps=10, warmup_steps=2, min_lr=0.1)
     other.load_state_dict(state)
     assert other.get_last_lr() == pytest.approx([lrs[10]])
+
+
+def test_video_level_of_a_linear_probe_is_the_mean_of_its_clip_logits():
+    from vidcsl.train.probe import centre_view, level_accuracies
+
+    g = torch.Generator().manual_seed(2)
+    clf = torch.nn.Linear(5, 3)
+    feats = torch.randn(40, 3, 5, generator=g)  # 40 videos x 3 clips
+    labels = torch.randint(0, 3, (40,), generator=g)
+    with torch.no_grad():
+        by_logits = clf(feats).mean(1).argmax(1)  # what the evaluation computes: logits averaged over clips
+        centre = clf(feats[:, centre_view(3, 1)]).argmax(1)
+    acc = level_accuracies(clf, feats, labels, is_video=True, centre=centre_view(3, 1))
+    assert acc["video"] == pytest.approx(float((by_logits == labels).float().mean()))
+    assert acc["clip"] == pytest.approx(float((centre == labels).float().mean()))
+    assert centre_view(5, 3) == 7 and centre_view(1, 1) == 0  # clip 2 of 5, middle crop of 3
+
+
+def test_view_features_keep_every_clip_and_live_probe_trains():
+    """Per-view features are the encoder's on each clip; the live probe (probe.cached=false) learns."""
+    from vidcsl.train.probe import extract_view_features, train_live_probe
+
+    g = torch.Generator().manual_seed(3)
+    embed = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(2 * 2 * 3 * 3, 6))
+    clips = torch.rand(10, 4, 2, 2, 3, 3, generator=g)  # (N, K, C, T, H, W)
+    labels = torch.arange(10) % 3
+    loader = [(clips[:6], labels[:6]), None, (clips[6:], labels[6:])]
+    feats, y = extract_view_features(embed, loader, torch.device("cpu"), True, "f", False)
+    with torch.no_grad():
+        torch.testing.assert_close(feats, embed(clips.flatten(0, 1)).view(10, 4, 6))
+    assert torch.equal(y, labels)
+    w = torch.randn(6, 3, generator=g)
+    x = torch.randn(300, 6, generator=g)
+    yx = (x @ w).argmax(1)
+    batches = [(x[i:i + 50], yx[i:i + 50]) for i in range(0, 300, 50)]
+    result = train_live_probe(torch.nn.Identity(), batches, 6, 3, (x, yx), ProbeConfig(epochs=10, lr=0.5),
+                              stats=(x.mean(0), x.std(0)), progress=False)
+    assert result.val_acc > 0.9

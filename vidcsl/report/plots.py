@@ -1,5 +1,5 @@
 """The report's figures (matplotlib, Agg backend): accuracy vs eps, uniformity histograms,
-per-corruption bars. Each function writes one PNG and returns its path."""
+per-corruption bars, a histogram from counts. Each function writes one PNG and returns its path."""
 
 from __future__ import annotations
 
@@ -83,4 +83,15 @@ def plot_corruption_bars(results: Mapping[str, Mapping[str, float]], path: str |
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set(ylabel=ylabel, title=title)
     ax.legend()
+    return _save(fig, path)
+
+
+def plot_histogram(counts: Sequence[float], edges: Sequence[float], path: str | Path, *, xlabel: str,
+                   ylabel: str = "count", title: str | None = None) -> Path:
+    """A histogram already binned: ``len(edges) == len(counts) + 1``."""
+    if len(edges) != len(counts) + 1:
+        raise ValueError(f"a histogram needs one more edge than counts, got {len(edges)} and {len(counts)}")
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    ax.stairs(counts, edges, fill=True)
+    ax.set(xlabel=xlabel, ylabel=ylabel, title=title or "")
     return _save(fig, path)

@@ -1,7 +1,9 @@
-"""Markdown and CSV tables from lists of dicts, with one number format for every cell.
+"""Markdown and CSV tables, with one number format for every cell.
 
-Markdown is for reading (fixed decimals); CSV is for machines (full precision by default), so the
-numbers survive a round trip through ``read_csv``.
+Two shapes of input: lists of dicts (``to_markdown``, ``write_csv``) and a header plus rows of cells
+(``markdown_table``, ``write_csv_rows``: what the evaluation and study reports use). Markdown is for
+reading (fixed decimals; ``fmt`` prints a missing value as ``n/a``); CSV is for machines (full precision by
+default), so the numbers survive a round trip through ``read_csv``.
 """
 
 from __future__ import annotations
@@ -39,14 +41,26 @@ def format_value(value: Any, digits: int | None = 4) -> str:
     return str(value)
 
 
+def fmt(value: Any, digits: int = 4) -> str:
+    """A number as the reports print it (``n/a`` for None / NaN / inf): JSON and Markdown must agree."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, bool) or isinstance(value, str):
+        return str(value)
+    if isinstance(value, int) or getattr(getattr(value, "dtype", None), "kind", "") in ("i", "u"):
+        return str(int(value))
+    number = float(value)
+    return f"{number:.{digits}f}" if math.isfinite(number) else "n/a"
+
+
 def to_markdown(rows: Sequence[Row], columns: Sequence[str] | None = None, digits: int = 4) -> str:
-    """A GitHub-flavoured Markdown table; numbers right-aligned."""
-    if not rows:
-        raise ValueError("to_markdown needs at least one row")
+    """A GitHub-flavoured Markdown table; numbers right-aligned. No rows: the header alone (needs ``columns``)."""
+    if not rows and columns is None:
+        raise ValueError("to_markdown needs at least one row or the columns")
     cols = _columns(rows, columns)
     cells = [[format_value(r.get(c), digits).replace("|", "\\|") for c in cols] for r in rows]
-    numeric = [all(isinstance(r.get(c), int | float) and not isinstance(r.get(c), bool)
-                   for r in rows if r.get(c) is not None) for c in cols]
+    given = [[r.get(c) for r in rows if r.get(c) is not None] for c in cols]
+    numeric = [bool(vs) and all(isinstance(v, int | float) and not isinstance(v, bool) for v in vs) for vs in given]
     head = "| " + " | ".join(cols) + " |"
     rule = "|" + "|".join("---:" if num else ":---" for num in numeric) + "|"
     body = ["| " + " | ".join(row) + " |" for row in cells]
@@ -62,10 +76,21 @@ def write_markdown(rows: Sequence[Row], path: str | Path, columns: Sequence[str]
     return path
 
 
+def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 4) -> str:
+    """A Markdown table from a header and rows of cells; cells printed with :func:`fmt` unless already text."""
+    cell = lambda v: v if isinstance(v, str) else fmt(v, digits)  # noqa: E731
+    return to_markdown([dict(zip(headers, (cell(v) for v in row))) for row in rows], headers).rstrip("\n")
+
+
+def write_csv_rows(path: str | Path, headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> Path:
+    """A CSV file from a header and rows of cells (full precision; None as an empty cell)."""
+    return write_csv([dict(zip(headers, row)) for row in rows], path, headers)
+
+
 def write_csv(rows: Sequence[Row], path: str | Path, columns: Sequence[str] | None = None,
               digits: int | None = None) -> Path:
-    if not rows:
-        raise ValueError("write_csv needs at least one row")
+    if not rows and columns is None:
+        raise ValueError("write_csv needs at least one row or the columns")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     cols = _columns(rows, columns)

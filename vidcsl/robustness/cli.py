@@ -19,7 +19,8 @@ DEMO_CONFIG = "study_demo.yaml"
 
 def _eval_help() -> str:
     return ("evaluation settings 'key=value' (the 'eval.' prefix is optional), e.g. n_samples=200 "
-            "pgd_steps=10 linf_eps_255=[0,2,8] norms=[linf] severities=[1,3,5] probe=[probe.epochs=10]")
+            "pgd_steps=10 restarts=2 linf_eps_255=[0,2,8] norms=[linf] attacks=[pgd,autoattack] "
+            "protocols=[standard] levels=[clip] severities=[1,3,5] probe=[probe.epochs=10]; see docs/evaluation.md")
 
 
 def add_commands(subparsers: Any) -> None:
@@ -28,10 +29,13 @@ def add_commands(subparsers: Any) -> None:
         "evaluate", help="clean / robust / corruption accuracy and representation metrics of one run",
         formatter_class=fmt,
         description="Evaluate a trained run: a supervised run as its own classifier, any other run as frozen "
-        "encoder + linear probe (trained first if the run has none). Measures clean accuracy (and multi-clip "
-        "accuracy for videos), PGD robust accuracy over L-inf and L2 eps sweeps, accuracy under every "
-        "corruption and severity, alignment / uniformity / inter-intra ratio / sensitivity, and the FN "
-        "detector's logged precision and recall. Writes eval.json, CSVs, PNGs and report.md into RUN/eval/.")
+        "encoder + linear probe (trained first when the run has none with these settings); adversarial "
+        "contrastive runs also under their own protocols (adversarial BN branch, robust linear evaluation). "
+        "Measures clean accuracy, robust accuracy over L-inf and L2 eps sweeps (PGD; AutoAttack on images when "
+        "asked) with a sanity panel against gradient masking, accuracy under every corruption and severity - "
+        "for videos at clip and video level - plus alignment / uniformity / inter-intra ratio / sensitivity "
+        "and the FN detector's logged precision and recall. Writes eval.json, outcomes.npz (per-sample "
+        "outcomes), CSVs, PNGs and report.md into RUN/eval/. See docs/evaluation.md.")
     p.add_argument("run", metavar="RUN_OR_CHECKPOINT", help="run folder or checkpoint file")
     p.add_argument("settings", nargs="*", help=_eval_help())
     p.add_argument("--config", default=None, help="YAML file with evaluation settings (a mapping; the "
@@ -65,7 +69,7 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "nonrobust", help="robust / non-robust feature datasets from encoders, then SL and CSL trained on each",
         formatter_class=fmt,
-        description="Ilyas et al.'s experiment for SL and CSL (SPEC §5). From RUN's encoder (a standard model) "
+        description="Ilyas et al.'s experiment (2019) for SL and CSL. From RUN's encoder (a standard model) "
         "build the non-robust set (each training image replaced by another one moved, within an L2 ball, until "
         "the encoder sees the features of the original; it keeps the original label) and, from --robust-run's "
         "encoder (an adversarially trained model), the robust set (no ball). Each is saved as .npz + .json "
@@ -114,11 +118,12 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    from vidcsl.report.run_report import summary_table
+    from vidcsl.report.tables import markdown_table
+
     out = Path(args.out) if args.out else Path(result["run"]) / "eval"
-    robust = ", ".join(f"{n} {e.get('eps_255', e['eps']):g}: {e['acc']:.3f}" for n, es in result["robust"].items()
-                       for e in es)
-    print(f"clean acc {result['clean_acc']:.4f}; robust {robust}; mean corruption acc "
-          f"{result['corruptions']['mean']:.4f}\nreport: {out / 'report.md'}")
+    print(markdown_table(*summary_table(result)))
+    print(f"report: {out / 'report.md'}")
     return 0
 
 

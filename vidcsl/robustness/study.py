@@ -29,15 +29,8 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from vidcsl.robustness.evaluate import (
-    EvalConfig,
-    eval_config_from_dict,
-    evaluate_run,
-    fmt,
-    load_eval,
-    markdown_table,
-    write_csv,
-)
+from vidcsl.report.tables import fmt, markdown_table, write_csv_rows
+from vidcsl.robustness.evaluate import EvalConfig, eval_config_from_dict, evaluate_run, load_eval
 from vidcsl.schema import bounded
 
 
@@ -187,6 +180,14 @@ def train_variant(cfg: Any, run_dir: Path) -> str:
     return "resumed" if resume else "trained"
 
 
+def for_run(ecfg: EvalConfig, supervised: bool) -> EvalConfig:
+    """The evaluation settings of one sub-run: a supervised run is its own classifier, so probe overrides
+    (which ``evaluate`` refuses for it) are dropped."""
+    import dataclasses
+
+    return dataclasses.replace(ecfg, probe=[]) if supervised else ecfg
+
+
 def evaluate_variant(run_dir: Path, ecfg: EvalConfig) -> dict[str, Any]:
     """Evaluate unless ``eval.json`` is newer than the checkpoint and made with the same settings."""
     from vidcsl.train.checkpoint import CHECKPOINT_DIR, LAST
@@ -243,6 +244,24 @@ def gap_closed(ra_sl: float | None, ra_csl: float | None, ra_fn: float | None, m
     return (ra_fn - ra_csl) / gap, ""
 
 
+def protocol_levels(ev: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
+    """Clean, robust (the first sweep attack, per eps) and mean corruption accuracy of every protocol and
+    level an eval.json holds: {protocol: {level: {...}}} (standard/image or standard/clip is the headline)."""
+    attack = ev.get("robust_attack", "pgd")
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, p in (ev.get("protocols") or {}).items():
+        for level, s in p["levels"].items():
+            sweep = s["robust"].get(attack, {})
+            out.setdefault(name, {})[level] = {
+                "clean_acc": s["clean_acc"], "n_samples": s["n_samples"],
+                "robust_linf": {str(e["eps_255"]): e["acc"] for e in sweep.get("linf", [])},
+                "robust_l2": {str(e["eps"]): e["acc"] for e in sweep.get("l2", [])},
+                "autoattack": (s.get("autoattack") or {}).get("acc"),
+                "corruption_mean": (s.get("corruptions") or {}).get("mean"),
+                "sanity_pass": (s.get("sanity") or {}).get("pass")}
+    return out
+
+
 def analyse_track(study: StudyConfig, track: Track, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Per-variant rows plus the gap and gap-closed figures at the headline epsilon (and at every eps)."""
     norm, eps = study.headline_norm, study.headline_eps
@@ -276,7 +295,7 @@ def analyse_track(study: StudyConfig, track: Track, evals: dict[str, dict[str, A
             "sensitivity_adversarial": rep["sensitivity_adversarial"],
             "fn_precision": det.get("precision"), "fn_recall": det.get("recall"),
             "fn_gain": gain, "gap_closed": closed, "gap_closed_note": why, "n_samples": ev["n_samples"],
-            "eval_dir": str(Path(ev["run"]) / "eval"),
+            "eval_dir": str(Path(ev["run"]) / "eval"), "protocols": protocol_levels(ev),
         })
     gap = None if ra.get("sl") is None or ra.get("csl") is None else ra["sl"] - ra["csl"]
     return {"track": track.name, "config": track.config, "headline": {"norm": norm, "eps": eps},
@@ -365,7 +384,7 @@ def write_study_report(study: StudyConfig, tracks: list[dict[str, Any]], out: Pa
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "study.json", {"name": study.name, "source": study.source, "min_gap": study.min_gap,
                                     "tracks": tracks, "notes": notes})
-    write_csv(out / "study.csv", *csv_rows(tracks))
+    write_csv_rows(out / "study.csv", *csv_rows(tracks))
     unit = "/255" if study.headline_norm == "linf" else ""
     lines = [f"# Study `{study.name}`", "",
              f"Config `{study.source}`. Every number below was measured by this run of the study (sub-runs in "
@@ -419,17 +438,18 @@ def run_study(study: StudyConfig, eval_overrides: list[str] | tuple[str, ...] = 
             else:
                 notes.append(f"track {t.name}: variant {v} skipped: its training method is not installed")
     results: dict[str, dict[str, dict[str, Any]]] = {t.name: {} for t in study.tracks}
-    # every sub-run's config is built (and checked: keys, dataset paths) before anything trains
+    # every sub-run's training and evaluation config is built (and checked) before anything trains
     configs = {(t.name, v): variant_config(study, t, v, root / t.name / v) for t, v in jobs}
+    evals = {(t.name, v): for_run(eval_config_from_dict({**study.eval, **t.eval, "progress": study.progress,
+                                                         "device": study.device}, eval_overrides),
+                                  configs[(t.name, v)].method.name == "supervised") for t, v in jobs}
     bar = tqdm(jobs, desc=f"study {study.name}", disable=not study.progress, position=0)
     for t, v in bar:
         bar.set_postfix_str(f"{t.name}/{v}")
         run_dir = root / t.name / v
         cfg = configs[(t.name, v)]
         how = train_variant(cfg, run_dir)
-        ecfg = eval_config_from_dict({**study.eval, **t.eval, "progress": study.progress,
-                                      "device": study.device}, eval_overrides)
-        results[t.name][v] = evaluate_variant(run_dir, ecfg)
+        results[t.name][v] = evaluate_variant(run_dir, evals[(t.name, v)])
         if how == "kept":
             notes.append(f"{t.name}/{v}: training kept from an earlier run of the study")
     bar.close()
@@ -462,26 +482,31 @@ def _synthetic_bundle(cfg: Any, images: Any, labels: Any, mode: str, views: int)
     return bundle
 
 
-def _probe_on(run_dir: Path, bundle: Any, cfg: Any, device: Any) -> None:
-    """Linear probe of a CSL run on the synthetic training set (selected on the real validation split)."""
+def _probe_on(run_dir: Path, bundle: Any, cfg: Any, device: Any, ecfg: EvalConfig) -> None:
+    """Linear probe of a CSL run on the synthetic training set (selected on the real validation split), with
+    the settings the evaluation asks for recorded, so ``evaluate`` uses it instead of training its own."""
+    from vidcsl.config import apply_overrides, config_from_dict, config_to_dict
+    from vidcsl.robustness.protocols import requested_settings
     from vidcsl.train.checkpoint import load_trained_method, save_checkpoint
     from vidcsl.train.logging import write_json
     from vidcsl.train.probe import extract_features_of, train_linear_probe
     from vidcsl.train.trainer import make_loader
 
     method, _, _ = load_trained_method(run_dir, map_location=device)
-    bs = cfg.probe.batch_size
+    probe_cfg = config_from_dict(apply_overrides(config_to_dict(cfg), ecfg.probe)).probe
+    bs = probe_cfg.batch_size
 
     def feats(ds, desc):
         return extract_features_of(method.encoder, make_loader(ds, bs), device, False, desc, cfg.train.progress)
 
     train, val = feats(bundle.train_eval, "synthetic features"), feats(bundle.val, "val features")
-    result = train_linear_probe(train, val, bundle.num_classes, cfg.probe, device=device,
+    result = train_linear_probe(train, val, bundle.num_classes, probe_cfg, device=device,
                                 progress=cfg.train.progress)
     out = run_dir / "probe"
     save_checkpoint(out / "classifier.pt", {"model": result.classifier.state_dict(),
                                             "num_classes": bundle.num_classes, "feature_dim": train[0].shape[1]})
-    write_json(out / "probe.json", {"trained_on": "synthetic training set", **result.summary()})
+    write_json(out / "probe.json", {"trained_on": "synthetic training set",
+                                    "settings": requested_settings(cfg, ecfg, "standard", False), **result.summary()})
 
 
 def nonrobust_study(run: str | os.PathLike, *, robust_run: str | os.PathLike | None = None,
@@ -522,7 +547,7 @@ def nonrobust_study(run: str | os.PathLike, *, robust_run: str | os.PathLike | N
             save_feature_dataset(npz, new_x, new_y, {
                 "kind": kind, "source_checkpoint": str(source), "dataset": cfg.data.kind, "n_train": len(idx),
                 "steps": steps, "step_size": step_size, "eps": None if robust else eps,
-                "objective": "min ||g(x') - g(x)||_2 from another training image (SPEC §5)"})
+                "objective": "min ||g(x') - g(x)||_2 from another training image (Ilyas et al. 2019)"})
         images, labels, meta = load_feature_dataset(npz)
         matrix[kind] = {"provenance": meta}
         for paradigm, method in (("sl", "supervised"), ("csl", "simclr")):
@@ -541,8 +566,8 @@ def nonrobust_study(run: str | os.PathLike, *, robust_run: str | os.PathLike | N
                 resume = (run_dir / "checkpoints" / "last.pt").is_file()
                 Trainer(pcfg, run_dir=run_dir, resume=resume, data=bundle).fit()
                 if method != "supervised":
-                    _probe_on(run_dir, bundle, pcfg, dev)
-            ev = evaluate_variant(run_dir, ecfg)
+                    _probe_on(run_dir, bundle, pcfg, dev, ecfg)
+            ev = evaluate_variant(run_dir, for_run(ecfg, method == "supervised"))
             matrix[kind][paradigm] = {"clean_acc": ev["clean_acc"], "robust": ev["robust"],
                                       "eval_dir": str(run_dir / "eval")}
     headline = [("linf", e) for e in ecfg.linf_eps_255 if e > 0][:1] + [("l2", e) for e in ecfg.l2_eps if e > 0][-1:]
@@ -556,7 +581,7 @@ def nonrobust_study(run: str | os.PathLike, *, robust_run: str | os.PathLike | N
             row += [cell["clean_acc"], *[robust_at({"robust": cell["robust"]}, n, e) for n, e in headline]]
         rows.append(row)
     write_json(out / "nonrobust.json", {"run": str(ckpt), "matrix": matrix, "headline": headline})
-    write_csv(out / "matrix.csv", headers, rows)
+    write_csv_rows(out / "matrix.csv", headers, rows)
     table = markdown_table(headers, rows)
     (out / "matrix.md").write_text(table + "\n")
     (out / "report.md").write_text("\n".join([
