@@ -1,7 +1,8 @@
 """Plain, materialised PyTorch: the specification every fused path is tested against.
 
 Everything here builds the full similarity matrix and lets autograd differentiate it. It is slow
-and O(N^2) in memory on purpose: it is the easiest code to check by eye against ``SPEC.md`` §1-2.
+and O(N^2) in memory on purpose: it is the easiest code to check by eye against the papers (NT-Xent:
+Chen et al., 2020; false-negative elimination / attraction: Huynh et al., 2022) and ``docs/kernels.md``.
 
 The fused paths (``torch`` tiled and ``triton``) implement one *core* operation, ``nce_rows``,
 over a block of anchor rows against a set of keys; the public losses are thin wrappers that build
