@@ -210,7 +210,10 @@ def agreement(n2: int, d: int, device, cuda: bool) -> list[dict]:
     modes = {"plain": {}, "labels": {"labels": labels}, "labels_attract": {"labels": labels, "fn_mode": "attract"},
              "threshold": {"fn_threshold": 0.2}, "topk5": {"fn_topk": 5},
              "topk16_threshold_attract": {"fn_topk": 16, "fn_threshold": 0.05, "fn_mode": "attract"}}
-    grad_limit = {"bf16": 2e-2, "tf32": 2e-3, "ieee": 1e-5}  # softmax weights pass through the operand dtype
+    # relative limits vs fp64 on the same operands: fp32 accumulation; in the backward the softmax weights pass
+    # through the operand dtype. TF32: the reference rounds to nearest, the hardware may truncate (looser).
+    loss_limit = {"bf16": 1e-4, "tf32": 2e-3, "ieee": 1e-5}
+    grad_limit = {"bf16": 2e-2, "tf32": 1e-2, "ieee": 1e-5}
     rows = []
     for precision in ("bf16", "tf32", "ieee") if cuda else ("bf16", "ieee"):
         for mode, kw in modes.items():
@@ -229,7 +232,7 @@ def agreement(n2: int, d: int, device, cuda: bool) -> list[dict]:
                     out[f"loss_rel_err_{name}"] = float((loss.double() - ref).abs() / ref.abs())
                     out[f"grad_rel_err_{name}"] = float(max((a.grad.double() - ga).abs().max(),
                                                             (b.grad.double() - gb).abs().max())) / scale
-                out["ok"] = (out["loss_rel_err_same_operands"] < 1e-4
+                out["ok"] = (out["loss_rel_err_same_operands"] < loss_limit[precision]
                              and out["grad_rel_err_same_operands"] < grad_limit[precision])
                 return out
 

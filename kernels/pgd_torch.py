@@ -59,8 +59,7 @@ def pgd_step_torch(
 def _linf_chunk(x: Tensor, g: Tensor, x0: Tensor, a: float, eps: float) -> Tensor:
     """``x0 + clamp(x + a*sign(g) - x0, -eps, eps)`` in fp32, in one fresh buffer."""
     buf = g.to(torch.float32, copy=True)
-    non_finite = ~torch.isfinite(buf)
-    buf.sign_().masked_fill_(non_finite, float("nan"))  # a NaN / inf gradient gives a NaN step, not 0 / +-1
+    buf.sign_().add_(g, alpha=0.0)  # + 0*g: exact 0 for a finite gradient, NaN for NaN / inf (a NaN step)
     buf.mul_(a).add_(x)  # adv = x + a * sign(g)
     buf.sub_(x0).clamp_(-eps, eps).add_(x0)  # x0 + clip(adv - x0)
     return buf
