@@ -534,7 +534,8 @@ def candidate_configs(d: int, precision: str, interpreted: bool = False) -> list
     * 2-byte operands, d <= 256: 128-row blocks on 8 warps (one warp group per 64 rows, so row reductions
       stay inside a warp), anchors (forward) / keys (backward) resident for the whole sweep; 64- or
       32-key tiles up to d = 128, 32-key tiles at d = 256 (the backward's dK accumulator then still fits).
-    * fp32 "tf32": the same up to d = 64 (operands are twice as wide), d streamed in 32-wide chunks beyond.
+    * fp32 "tf32" (operands twice as wide): resident as above up to d = 128 (32-key tiles at 128), d streamed
+      in 32-wide chunks beyond.
     * larger d: both operands streamed in 64-wide d chunks; dK in chunks of 256 (S recomputed per chunk).
     * "ieee" (FMA dots, for validation): 32 x 32 tiles, 32-wide d chunks, dK in 32-wide chunks.
     """
