@@ -36,7 +36,7 @@ MATERIALISED_BYTES_PER_ENTRY = {"materialised": 13, "reference": 40}
 
 
 # ------------------------------------------------------------------------------------------------ worker side
-def _materialised_nt_xent(z1, z2, temperature):
+def materialised_nt_xent(z1, z2, temperature):
     """Plain NT-Xent as common libraries write it: full logits, -inf diagonal, cross-entropy (O(N^2))."""
     import torch
     import torch.nn.functional as F
@@ -54,7 +54,7 @@ def _loss_fn(method):
     from kernels.reference import info_nce_reference
 
     if method == "materialised":
-        return _materialised_nt_xent
+        return materialised_nt_xent
     if method == "reference":
         return lambda a, b, t: info_nce_reference(a, b, t)[0]
     return lambda a, b, t: info_nce(a, b, t, backend=method)

@@ -1,46 +1,54 @@
 """Public InfoNCE losses (NT-Xent and cross / CLIP form) over fused, O(N*d)-memory backends.
 
 Both losses reduce to one core, ``nce_rows``: each anchor row ``r`` against a set of keys, with an
-optional self column, one positive and false-negative (FN) detection (labels and/or a per-row cosine
-cut-off). Its semantics are ``kernels.reference.nce_rows_reference``; the fused backends are
+optional self column, one positive and false-negative (FN) detection (labels, a per-row cosine cut-off,
+an in-kernel top-k). Its semantics are ``kernels.reference.nce_rows_reference``; the backends
+(``kernels.backends``, shared with ``pgd_step``) are
 
 * ``"torch"``  -- ``kernels.info_nce_torch``: tiled PyTorch, any device (the CPU path);
 * ``"triton"`` -- ``kernels.info_nce_triton``: Triton kernels (CUDA, or CPU under ``TRITON_INTERPRET=1``);
 * ``"reference"`` -- the materialised specification itself (O(N^2) memory; for tests and comparisons).
 
-The core is registered as the custom ops ``kernels::nce_forward`` / ``kernels::nce_backward`` /
-``kernels::topk_cut`` with fake (meta) implementations and an autograd formula, so the losses work
-under ``torch.compile(fullgraph=True)``. Normalisation stays outside the ops, in plain autograd.
+Dtype policy (``precision``): rows are L2-normalised in fp32, then the similarity dots take them rounded
+to bf16 (fp16 for fp16 inputs) with fp32 accumulation; log-sum-exp, masks, statistics and gradient
+accumulation are fp32 in every mode. See ``resolve_precision`` and ``docs/kernels.md``.
+
+The core is registered as the custom ops ``kernels::nce_forward`` / ``kernels::nce_backward`` with fake
+(meta) implementations and an autograd formula, so the losses work under ``torch.compile(fullgraph=True)``
+and inside CUDA graphs (with ``checks="device"``, the default on CUDA, nothing waits for the GPU).
 """
 
 import functools
-import os
 
 import torch
 import torch.nn.functional as F
 
-from kernels import info_nce_torch
+from kernels import backends
 from kernels.reference import _reduce, cross_info_nce_reference, info_nce_reference
 
 Tensor = torch.Tensor
 
 FN_MODES = ("eliminate", "attract")
 REDUCTIONS = ("mean", "sum", "none")
-BACKENDS = ("auto", "reference", "torch", "triton")
+BACKENDS = backends.BACKENDS
+PRECISIONS = ("auto", "bf16", "fp16", "tf32", "ieee")
+CHECKS = ("auto", "host", "device")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
+_INT32 = torch.iinfo(torch.int32)
 
 
 class NonFiniteEmbeddingError(ValueError):
-    """Embeddings hold NaN or inf: in training this means the run diverged (callers may catch it)."""
+    """Embeddings hold NaN or inf: in training this means the run diverged (callers may catch it).
+
+    Raised only with ``checks="host"`` (the default on CPU); with device-side checks the loss is NaN instead.
+    """
 
 
 def _without_autocast(loss_fn):
     """Run a loss with any enclosing autocast region switched off.
 
-    The ops compute in their inputs' dtype with fp32 accumulation; a bf16 autocast region (mixed-precision
-    training) would otherwise recast the matmuls of the top-k cut and the reference, so the cut and the
-    fused kernel could disagree on which negatives are false.
+    The ops choose their own dot precision (``precision``) with fp32 accumulation; a bf16 autocast region
+    (mixed-precision training) would otherwise recast the normalisation and the reference's matmuls.
     """
 
     @functools.wraps(loss_fn)
@@ -52,52 +60,43 @@ def _without_autocast(loss_fn):
     return wrapper
 
 
-_triton_state: dict = {}  # cached result of importing kernels.info_nce_triton: {"module"} or {"error"}
-
-
-def _triton_module():
-    """The Triton backend module, or None (the import error is kept for the error message)."""
-    if not _triton_state:
-        try:
-            from kernels import info_nce_triton
-
-            _triton_state["module"] = info_nce_triton
-        except Exception as exc:  # triton missing, no driver, or the module not written yet
-            _triton_state["error"] = f"{type(exc).__name__}: {exc}"
-    return _triton_state.get("module")
-
-
 def resolve_backend(backend: str, device: torch.device, dtype: torch.dtype) -> str:
-    """The one dispatch rule: ``auto`` = triton for CUDA tensors when it imports, torch otherwise.
-
-    Raises ValueError for an unknown name or a backend that cannot run these tensors.
+    """The one dispatch rule (``kernels.backends.resolve``): ``auto`` = triton for CUDA tensors when it
+    imports, torch otherwise. Raises ValueError for an unknown name or a backend that cannot run these tensors.
     """
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if device.type == "cuda" and _triton_module() is not None else "torch"
-    if backend == "triton":
-        if _triton_module() is None:
-            raise ValueError(f"backend='triton' is unavailable: {_triton_state.get('error')}")
-        if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError("backend='triton' on CPU tensors needs TRITON_INTERPRET=1 set before triton is "
-                             "imported; use backend='torch' (or CUDA tensors)")
-        if dtype == torch.float64:
-            raise ValueError("backend='triton' supports fp32/fp16/bf16 embeddings, not float64")
-    return backend
+    return backends.resolve("info_nce", backend, device, dtype)
+
+
+def resolve_precision(precision: str, device: torch.device, dtype: torch.dtype) -> str:
+    """The dot precision actually used: "bf16", "fp16", "tf32" or "ieee".
+
+    ``auto``: fp16 inputs -> "fp16", bf16 inputs -> "bf16"; fp32 inputs -> "bf16" on CUDA (tensor cores,
+    the training default) and "ieee" on CPU (where low-precision dots buy no speed, so CPU results stay
+    exact); fp64 -> "ieee" (fp64 arithmetic on the torch path). Explicit values apply on every device:
+    the torch path rounds the operands exactly as the GPU sees them.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    if dtype == torch.float16:
+        return "fp16"
+    if dtype == torch.bfloat16:
+        return "bf16"
+    if dtype == torch.float32 and device.type == "cuda":
+        return "bf16"
+    return "ieee"
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _module(backend: str, device: torch.device, dtype: torch.dtype):
     name = resolve_backend(backend, device, dtype)
-    if name == "triton":
-        return _triton_module()
-    if name == "torch":
-        return info_nce_torch
-    raise ValueError(f"backend {backend!r} has no fused core")
-
-
-def _out_dtype(x: Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
+    if name == "reference":
+        raise ValueError("backend 'reference' has no fused core")
+    return backends.module("info_nce", name)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -106,74 +105,70 @@ def _out_dtype(x: Tensor) -> torch.dtype:
 
 @torch.library.custom_op("kernels::nce_forward", mutates_args=())
 def nce_forward_op(anchors: Tensor, keys: Tensor, inv_temp: Tensor, self_idx: Tensor, pos_idx: Tensor,
-                   labels_a: Tensor | None, labels_k: Tensor | None, cut: Tensor | None, attract: bool,
-                   stat_labels_a: Tensor | None, stat_labels_k: Tensor | None,
-                   backend: str) -> tuple[Tensor, Tensor, Tensor]:
-    """Per-row (loss, lse, stats) of the chosen backend (see the module docstring of info_nce_torch)."""
+                   labels_a: Tensor | None, labels_k: Tensor | None, cut: Tensor | None, topk: int, attract: bool,
+                   stat_labels_a: Tensor | None, stat_labels_k: Tensor | None, precision: str, stats: bool,
+                   deterministic: bool, backend: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Per-row (loss, lse, stats, cut_used) of the chosen backend (``cut_used`` is empty without ``topk``).
+    ``deterministic`` is only recorded for the backward."""
     mod = _module(backend, anchors.device, anchors.dtype)
     return mod.nce_forward(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, attract,
-                           stat_labels_a, stat_labels_k)
+                           stat_labels_a, stat_labels_k, topk=topk, precision=precision, stats=stats)
 
 
 @nce_forward_op.register_fake
-def _(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, attract, stat_labels_a,
-      stat_labels_k, backend):
-    R, dt = anchors.shape[0], _out_dtype(anchors)
-    return anchors.new_empty(R, dtype=dt), anchors.new_empty(R, dtype=dt), anchors.new_empty(R, 4, dtype=dt)
+def _(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, topk, attract, stat_labels_a,
+      stat_labels_k, precision, stats, deterministic, backend):
+    R, dt = anchors.shape[0], _compute_dtype(anchors)
+    return (anchors.new_empty(R, dtype=dt), anchors.new_empty(R, dtype=dt), anchors.new_empty(R, 4, dtype=dt),
+            anchors.new_empty(R if topk else 0, dtype=dt))
 
 
 @torch.library.custom_op("kernels::nce_backward", mutates_args=())
 def nce_backward_op(anchors: Tensor, keys: Tensor, inv_temp: Tensor, self_idx: Tensor, pos_idx: Tensor,
-                    labels_a: Tensor | None, labels_k: Tensor | None, cut: Tensor | None, attract: bool,
-                    lse: Tensor, npos: Tensor, grad_loss: Tensor, backend: str) -> tuple[Tensor, Tensor]:
+                    labels_a: Tensor | None, labels_k: Tensor | None, cut: Tensor | None, topk: int,
+                    attract: bool, lse: Tensor, npos: Tensor, grad_loss: Tensor, precision: str,
+                    deterministic: bool, backend: str) -> tuple[Tensor, Tensor]:
     """(d_anchors, d_keys) in the compute dtype, recomputed tile by tile by the chosen backend."""
     mod = _module(backend, anchors.device, anchors.dtype)
     return mod.nce_backward(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, attract,
-                            lse, npos, grad_loss)
+                            lse, npos, grad_loss, topk=topk, precision=precision, deterministic=deterministic)
 
 
 @nce_backward_op.register_fake
-def _(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, attract, lse, npos, grad_loss,
-      backend):
-    dt = _out_dtype(anchors)
+def _(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, topk, attract, lse, npos, grad_loss,
+      precision, deterministic, backend):
+    dt = _compute_dtype(anchors)
     return anchors.new_empty(anchors.shape, dtype=dt), keys.new_empty(keys.shape, dtype=dt)
 
 
 def _setup_context(ctx, inputs, output):
-    anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, attract, _, _, backend = inputs
-    _, lse, stats = output
+    (anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, topk, attract, _, _, precision, _,
+     deterministic, backend) = inputs
+    _, lse, stats, cut_used = output
     npos = 1.0 + stats[:, 1] if attract else torch.ones_like(lse)
-    ctx.save_for_backward(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, lse, npos)
-    ctx.attract, ctx.backend = attract, backend
-    ctx.mark_non_differentiable(lse, stats)
+    # with top-k, the backward takes the forward's final per-row cut: decided on the same accumulator
+    ctx.save_for_backward(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k,
+                          cut_used if topk else cut, lse, npos)
+    ctx.topk, ctx.attract, ctx.precision, ctx.deterministic, ctx.backend = (topk, attract, precision,
+                                                                           deterministic, backend)
+    ctx.mark_non_differentiable(lse, stats, cut_used)
 
 
-def _backward(ctx, grad_loss, grad_lse, grad_stats):
+def _backward(ctx, grad_loss, grad_lse, grad_stats, grad_cut):
     """Anchors / keys from the backend; inv_temp from dL/dt = sum_rj G_rj cos_rj = sum_r <dA_r, A_r> / t."""
     anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, lse, npos = ctx.saved_tensors
     if grad_loss is None:
         grad_loss = torch.zeros_like(lse)
-    d_a, d_k = nce_backward_op(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut,
-                               ctx.attract, lse, npos, grad_loss.to(lse.dtype), ctx.backend)
+    d_a, d_k = nce_backward_op(anchors, keys, inv_temp, self_idx, pos_idx, labels_a, labels_k, cut, ctx.topk,
+                               ctx.attract, lse, npos, grad_loss.to(lse.dtype), ctx.precision, ctx.deterministic,
+                               ctx.backend)
     d_t = None
     if ctx.needs_input_grad[2]:
         d_t = ((d_a * anchors.to(d_a.dtype)).sum() / inv_temp.to(d_a.dtype)).to(inv_temp.dtype)
-    return (d_a.to(anchors.dtype), d_k.to(keys.dtype), d_t) + (None,) * 9
+    return (d_a.to(anchors.dtype), d_k.to(keys.dtype), d_t) + (None,) * 13
 
 
 nce_forward_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op("kernels::topk_cut", mutates_args=())
-def topk_cut_op(anchors: Tensor, keys: Tensor, self_idx: Tensor, pos_idx: Tensor, k: int,
-                midpoint: bool) -> Tensor:
-    """Per-row top-k cut-off (``info_nce_torch.topk_cut``; tiled torch on every device)."""
-    return info_nce_torch.topk_cut(anchors, keys, self_idx, pos_idx, k, midpoint=midpoint)
-
-
-@topk_cut_op.register_fake
-def _(anchors, keys, self_idx, pos_idx, k, midpoint):
-    return anchors.new_empty(anchors.shape[0], dtype=_out_dtype(anchors))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -182,41 +177,36 @@ def _(anchors, keys, self_idx, pos_idx, k, midpoint):
 
 def nce_rows(anchors: Tensor, keys: Tensor, inv_temp: Tensor, self_idx: Tensor, pos_idx: Tensor, *,
              labels_a: Tensor | None = None, labels_k: Tensor | None = None, cut: Tensor | None = None,
-             attract: bool = False, stat_labels_a: Tensor | None = None, stat_labels_k: Tensor | None = None,
-             backend: str = "auto") -> tuple[Tensor, dict[str, Tensor]]:
+             topk: int = 0, attract: bool = False, stat_labels_a: Tensor | None = None,
+             stat_labels_k: Tensor | None = None, precision: str = "ieee", stats: bool = True,
+             deterministic: bool = False, backend: str = "auto") -> tuple[Tensor, dict[str, Tensor]]:
     """Fused ``nce_rows_reference``: per-row loss (differentiable in anchors, keys, inv_temp) and stats.
 
     Inputs are taken as they are (no normalisation, little validation): the losses below are the checked
-    entry points. ``backend`` is a fused one (``auto``/``torch``/``triton``).
+    entry points. ``topk`` adds the top-k detector to ``cut`` (a similarity FN must pass both).
+    ``precision`` is a resolved one ("bf16", "fp16", "tf32", "ieee"); ``backend`` a fused one.
     """
-    loss, _, stats = nce_forward_op(anchors.contiguous(), keys.contiguous(), inv_temp, self_idx, pos_idx,
-                                    labels_a, labels_k, cut, attract, stat_labels_a, stat_labels_k, backend)
-    out = {"pos_top1": stats[:, 0].float(), "fn_found": stats[:, 1].float()}
+    loss, _, st, _ = nce_forward_op(anchors.contiguous(), keys.contiguous(), inv_temp, self_idx, pos_idx,
+                                    labels_a, labels_k, cut, int(topk), attract, stat_labels_a, stat_labels_k,
+                                    precision, stats, deterministic, backend)
+    out = {"pos_top1": st[:, 0].float(), "fn_found": st[:, 1].float()}
     if stat_labels_a is not None:
-        out["fn_correct"] = stats[:, 2].float()
-        out["fn_possible"] = stats[:, 3].float()
+        out["fn_correct"] = st[:, 2].float()
+        out["fn_possible"] = st[:, 3].float()
     return loss, out
 
 
-def _similarity_cut(anchors, keys, self_idx, pos_idx, fn_threshold, fn_topk) -> Tensor | None:
-    """One per-row cut-off for both similarity detectors (a negative must pass both, as in the reference).
-
-    The top-k cut sits midway between the k-th and (k+1)-th negative cosine: the same k are selected,
-    and last-bit differences between this pass and the kernel's own cosines cannot flip the boundary.
-    """
-    cut = None
-    if fn_topk is not None:
-        cut = topk_cut_op(anchors.detach(), keys.detach(), self_idx, pos_idx, fn_topk, True)
-    if fn_threshold is not None:
-        t = torch.full((anchors.shape[0],), float(fn_threshold), device=anchors.device,
-                       dtype=_out_dtype(anchors))
-        cut = t if cut is None else torch.maximum(cut, t)
-    return cut
+def _threshold_cut(anchors: Tensor, fn_threshold: float | None) -> Tensor | None:
+    """The threshold detector as a per-row cut (the top-k detector runs inside the op)."""
+    if fn_threshold is None:
+        return None
+    return torch.full((anchors.shape[0],), float(fn_threshold), device=anchors.device,
+                      dtype=_compute_dtype(anchors))
 
 
 def _inv_temp(temperature, like: Tensor) -> Tensor:
     """1/temperature as a 0-dim tensor in the compute dtype, keeping the graph of a learnable temperature."""
-    dt = _out_dtype(like)
+    dt = _compute_dtype(like)
     if isinstance(temperature, Tensor):
         return 1.0 / temperature.to(device=like.device, dtype=dt).reshape(())
     return torch.tensor(1.0 / float(temperature), dtype=dt, device=like.device)
@@ -227,7 +217,18 @@ def _stats_out(stats: dict[str, Tensor]) -> dict[str, Tensor]:
 
 
 # ----------------------------------------------------------------------------------------------------
-# Validation: every bad input is a ValueError that names the argument.
+# Validation: every bad input is a ValueError that names the argument. Shape / dtype / option errors are
+# raised always (they cost no device sync); checks that need *values* (finite embeddings, a positive
+# temperature tensor, labels in int32 range) are either raised on the host ("host") or turn the loss NaN
+# on the device ("device"), where the trainer's non-finite stop catches them.
+
+
+def _use_host_checks(checks: str, device: torch.device) -> bool:
+    if checks not in CHECKS:
+        raise ValueError(f"checks must be one of {CHECKS}, got {checks!r}")
+    if torch.compiler.is_compiling():
+        return False
+    return checks == "host" or (checks == "auto" and device.type != "cuda")
 
 
 def _check_embeddings(named: dict[str, Tensor]) -> None:
@@ -247,8 +248,6 @@ def _check_embeddings(named: dict[str, Tensor]) -> None:
             raise ValueError(f"{name} has dim {z.shape[1]} but {first_name} has {first.shape[1]}")
         if z.shape[1] == 0:
             raise ValueError(f"{name} has embedding dim 0")
-        if not torch.compiler.is_compiling() and not bool(torch.isfinite(z).all()):
-            raise NonFiniteEmbeddingError(f"{name} contains non-finite values (NaN or inf)")
 
 
 def _check_labels(name: str, labels: Tensor | None, n: int, device: torch.device) -> Tensor | None:
@@ -263,19 +262,48 @@ def _check_labels(name: str, labels: Tensor | None, n: int, device: torch.device
     return labels.to(device=device, dtype=torch.int64)
 
 
-def _check_options(temperature, fn_threshold, fn_topk, fn_mode, reduction, backend) -> None:
+def _value_problems(host: bool, embeddings: dict[str, Tensor], temperature, labels: dict[str, Tensor | None]):
+    """Check values. ``host``: raise (NonFiniteEmbeddingError / ValueError), one sync per check. Otherwise
+    return a 0-dim bool tensor on the device, True when any check fails (the loss is then made NaN)."""
+    if host:
+        for name, z in embeddings.items():
+            if not bool(torch.isfinite(z).all()):
+                raise NonFiniteEmbeddingError(f"{name} contains non-finite values (NaN or inf)")
+        if isinstance(temperature, Tensor) and not bool((temperature > 0).all()):
+            raise ValueError(f"temperature must be > 0, got {float(temperature)}")
+        for name, lab in labels.items():
+            if lab is not None and lab.numel() and not bool(((lab >= _INT32.min) & (lab <= _INT32.max)).all()):
+                raise ValueError(f"{name} must hold class ids within the int32 range")
+        return None
+    bad = torch.zeros((), dtype=torch.bool, device=next(iter(embeddings.values())).device)
+    for z in embeddings.values():
+        bad = bad | ~torch.isfinite(z).all()
+    if isinstance(temperature, Tensor):
+        bad = bad | ~(temperature.to(bad.device) > 0).all()
+    for lab in labels.values():
+        if lab is not None:
+            bad = bad | ~((lab >= _INT32.min) & (lab <= _INT32.max)).all()
+    return bad
+
+
+def _poison(loss: Tensor, bad: Tensor | None) -> Tensor:
+    """NaN wherever a device-side check failed (the gradient of the loss itself is left alone)."""
+    return loss if bad is None else loss + torch.where(bad, float("nan"), 0.0).to(loss.dtype)
+
+
+def _check_options(temperature, fn_threshold, fn_topk, fn_mode, reduction, backend, precision) -> None:
     if fn_mode not in FN_MODES:
         raise ValueError(f"fn_mode must be one of {FN_MODES}, got {fn_mode!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if isinstance(temperature, Tensor):
         if temperature.numel() != 1 or not temperature.dtype.is_floating_point:
             raise ValueError(f"temperature tensor must be a single float, got shape {tuple(temperature.shape)} "
                              f"and dtype {temperature.dtype}")
-        if not torch.compiler.is_compiling() and not bool((temperature > 0).all()):
-            raise ValueError(f"temperature must be > 0, got {float(temperature)}")
     elif isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
         raise ValueError(f"temperature must be a positive float or tensor, got {type(temperature).__name__}")
     elif not temperature > 0 or temperature == float("inf"):
@@ -289,24 +317,40 @@ def _check_options(temperature, fn_threshold, fn_topk, fn_mode, reduction, backe
             raise ValueError(f"fn_threshold must be finite, got {fn_threshold}")
 
 
+def _check_topk_backend(fn_topk: int | None, backend: str) -> None:
+    if fn_topk and backend == "triton":
+        limit = backends.module("info_nce", "triton").MAX_TOPK
+        if fn_topk > limit:
+            raise ValueError(f"fn_topk must be <= {limit} on the triton backend (the running top-k lives in "
+                             f"registers), got {fn_topk}; use backend='torch' for a larger k")
+
+
 def _check_pair(name_a: str, a, name_b: str, b) -> None:
     if (a is None) != (b is None):
         raise ValueError(f"{name_a} and {name_b} must be given together (or neither)")
 
 
 def _prepare(z: Tensor, normalize: bool) -> Tensor:
-    """L2-normalise in fp32 (fp64 for fp64) and return in the input dtype (plain autograd, outside the op)."""
+    """L2-normalise in fp32 (fp64 for fp64), kept in that dtype: the op rounds to the dot precision itself,
+    so gradients come back through the normalisation unrounded (plain autograd, outside the op)."""
+    z = z.to(_compute_dtype(z))
     if normalize:
-        z = F.normalize(z.to(_out_dtype(z)), dim=1).to(z.dtype)
+        z = F.normalize(z, dim=1)
     return z.contiguous()
+
+
+def _deterministic(deterministic: bool | None) -> bool:
+    return torch.are_deterministic_algorithms_enabled() if deterministic is None else bool(deterministic)
 
 
 @_without_autocast
 def info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.1, *, labels: Tensor | None = None,
              fn_threshold: float | None = None, fn_topk: int | None = None, fn_mode: str = "eliminate",
              normalize: bool = True, reduction: str = "mean", row_offset: int = 0, num_rows: int | None = None,
-             return_stats: bool = False, stat_labels: Tensor | None = None, backend: str = "auto"):
-    r"""NT-Xent (SimCLR) over the 2N views ``Z = [z1; z2]``, without ever forming the 2N x 2N matrix.
+             return_stats: bool = False, stat_labels: Tensor | None = None, backend: str = "auto",
+             precision: str = "auto", deterministic: bool | None = None, checks: str = "auto"):
+    r"""NT-Xent (SimCLR; Chen et al., 2020) over the 2N views ``Z = [z1; z2]``, without ever forming the
+    2N x 2N matrix.
 
     With ``S = Z Z^T / temperature`` (rows of Z L2-normalised when ``normalize``), anchor ``i`` has the
     positive ``p(i) = (i + N) mod 2N``, denominator set ``D(i) = {j != i}`` and positive set ``P(i) = {p(i)}``:
@@ -314,9 +358,10 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.1, *, label
         loss_i = log sum_{j in D(i)} exp S[i, j]  -  (1/|P(i)|) sum_{p in P(i)} S[i, p]
 
     False negatives (FN) of anchor ``i`` are negatives ``j`` with ``labels[i] == labels[j]`` (oracle) or
-    ``cos(z_i, z_j) > cut_i`` where ``cut_i`` comes from ``fn_threshold`` and/or ``fn_topk`` (the k most
-    similar negatives; with both, a negative must pass both). ``fn_mode="eliminate"`` removes them from
-    ``D(i)``; ``"attract"`` adds them to ``P(i)``. A row with every negative removed has loss 0.
+    ``cos(z_i, z_j) > fn_threshold`` and/or among the ``fn_topk`` most similar negatives of ``i`` (with
+    both, a negative must pass both; ties at the k-th place select fewer). ``fn_mode="eliminate"`` removes
+    them from ``D(i)``; ``"attract"`` adds them to ``P(i)`` (SupCon-style). A row with every negative removed
+    has loss 0. Labels are class ids within the int32 range; ``fn_topk`` <= 16 on the triton backend.
 
     ``row_offset``/``num_rows`` select the local anchors (rows ``row_offset..+num_rows`` of each view) of
     a gathered global batch, for DDP (see ``kernels.distributed``): the shard means weighted by their
@@ -326,9 +371,16 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.1, *, label
     ``stat_labels``, ``fn_correct`` / ``fn_possible`` (detector precision = sum correct / sum found,
     recall = sum correct / sum possible).
 
+    Numerics: ``precision`` ("auto", "bf16", "fp16", "tf32", "ieee"; see ``resolve_precision``) sets the
+    operands of the similarity dots; everything else is fp32. ``deterministic`` (default: follows
+    ``torch.use_deterministic_algorithms``) avoids the CUDA backward's fp32 atomics. ``checks``: "host"
+    raises on NaN/inf embeddings (``NonFiniteEmbeddingError``), a non-positive temperature tensor or labels
+    outside int32 (each a device sync); "device" never syncs and returns a NaN loss instead (CUDA graphs);
+    "auto" = host on CPU, device on CUDA and under ``torch.compile``.
+
     Example::
 
-        z1, z2 = model(x1), model(x2)                      # (N, d) each
+        z1, z2 = model(x1), model(x2)                      # (N, d) each, e.g. bf16 under autocast
         loss = info_nce(z1, z2, temperature=0.2)
         loss, st = info_nce(z1, z2, fn_topk=2, fn_mode="attract", return_stats=True)
         loss.backward()
@@ -339,7 +391,7 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.1, *, label
     n = z1.shape[0]
     if n < 2:
         raise ValueError(f"info_nce needs a batch of N >= 2 pairs, got N = {n}")
-    _check_options(temperature, fn_threshold, fn_topk, fn_mode, reduction, backend)
+    _check_options(temperature, fn_threshold, fn_topk, fn_mode, reduction, backend, precision)
     if isinstance(row_offset, bool) or not isinstance(row_offset, int) or not 0 <= row_offset < n:
         raise ValueError(f"row_offset must be an integer in [0, {n}), got {row_offset!r}")
     rows = n - row_offset if num_rows is None else num_rows
@@ -348,14 +400,19 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.1, *, label
                          f"got {num_rows!r}")
     labels = _check_labels("labels", labels, n, z1.device)
     stat_labels = _check_labels("stat_labels", stat_labels, n, z1.device)
+    bad = _value_problems(_use_host_checks(checks, z1.device), {"z1": z1, "z2": z2}, temperature,
+                          {"labels": labels, "stat_labels": stat_labels})
     if backend == "reference":
         loss, stats = info_nce_reference(
             z1, z2, temperature, labels=labels, fn_threshold=fn_threshold, fn_topk=fn_topk, fn_mode=fn_mode,
             normalize=normalize, reduction=reduction, row_offset=row_offset, num_rows=num_rows,
             stat_labels=stat_labels)
+        loss = _poison(loss, bad)
         return (loss, _stats_out(stats)) if return_stats else loss
     if not torch.compiler.is_compiling():  # resolve now for an early, clear error; the op re-resolves
         backend = resolve_backend(backend, z1.device, z1.dtype)
+        _check_topk_backend(fn_topk, backend)
+    prec = resolve_precision(precision, z1.device, z1.dtype)
 
     Z = torch.cat([_prepare(z1, normalize), _prepare(z2, normalize)])
     local = torch.arange(row_offset, row_offset + rows, device=Z.device)
@@ -364,13 +421,13 @@ def info_nce(z1: Tensor, z2: Tensor, temperature: float | Tensor = 0.1, *, label
     anchors = Z if rows == n else Z[idx]
     both = lambda t: None if t is None else torch.cat([t, t])  # noqa: E731
     labels_k, stat_k = both(labels), both(stat_labels)
-    cut = _similarity_cut(anchors, Z, idx, pos, fn_threshold, fn_topk)
     loss, stats = nce_rows(
         anchors, Z, _inv_temp(temperature, Z), idx, pos,
-        labels_a=None if labels_k is None else labels_k[idx], labels_k=labels_k, cut=cut,
-        attract=fn_mode == "attract", stat_labels_a=None if stat_k is None else stat_k[idx],
-        stat_labels_k=stat_k, backend=backend)
-    loss = _reduce(loss, reduction)
+        labels_a=None if labels_k is None else labels_k[idx], labels_k=labels_k,
+        cut=_threshold_cut(anchors, fn_threshold), topk=fn_topk or 0, attract=fn_mode == "attract",
+        stat_labels_a=None if stat_k is None else stat_k[idx], stat_labels_k=stat_k, precision=prec,
+        stats=return_stats, deterministic=_deterministic(deterministic), backend=backend)
+    loss = _poison(_reduce(loss, reduction), bad)
     return (loss, _stats_out(stats)) if return_stats else loss
 
 
@@ -380,14 +437,17 @@ def cross_info_nce(q: Tensor, k: Tensor, temperature: float | Tensor = 0.1, *, s
                    fn_threshold: float | None = None, fn_topk: int | None = None, fn_mode: str = "eliminate",
                    normalize: bool = True, reduction: str = "mean", return_stats: bool = False,
                    stat_labels_q: Tensor | None = None, stat_labels_k: Tensor | None = None,
-                   backend: str = "auto"):
-    r"""Cross InfoNCE (MoCo / CLIP): query ``q[i]`` (N, d) against keys ``k`` (M >= N, d), positive ``k[i]``.
+                   backend: str = "auto", precision: str = "auto", deterministic: bool | None = None,
+                   checks: str = "auto"):
+    r"""Cross InfoNCE (MoCo, He et al. 2020; CLIP, Radford et al. 2021): query ``q[i]`` (N, d) against keys
+    ``k`` (M >= N, d), positive ``k[i]``.
 
     ``S = q k^T / temperature``; ``loss_i = log sum_{j in D(i)} exp S[i, j] - mean_{p in P(i)} S[i, p]``
     with ``D(i)`` all M keys (rows ``N..M`` of ``k`` are e.g. a MoCo queue) minus eliminated false
     negatives; FN detection and ``fn_mode`` as in ``info_nce`` (``labels_q``/``labels_k`` for the oracle).
     ``symmetric`` (CLIP) adds the ``k[:N] -> q`` direction: per-row losses are the q->k rows followed by
-    the k->q rows and ``mean`` averages both directions. ``return_stats`` as in ``info_nce``.
+    the k->q rows and ``mean`` averages both directions. ``return_stats``, ``precision``,
+    ``deterministic`` and ``checks`` as in ``info_nce``.
 
     Example::
 
@@ -401,31 +461,39 @@ def cross_info_nce(q: Tensor, k: Tensor, temperature: float | Tensor = 0.1, *, s
     if m < n:
         raise ValueError(f"k must hold at least as many rows as q (row i of k is q[i]'s positive), "
                          f"got {m} keys for {n} queries")
-    _check_options(temperature, fn_threshold, fn_topk, fn_mode, reduction, backend)
+    _check_options(temperature, fn_threshold, fn_topk, fn_mode, reduction, backend, precision)
     _check_pair("labels_q", labels_q, "labels_k", labels_k)
     _check_pair("stat_labels_q", stat_labels_q, "stat_labels_k", stat_labels_k)
     labels_q = _check_labels("labels_q", labels_q, n, q.device)
     labels_k = _check_labels("labels_k", labels_k, m, q.device)
     stat_labels_q = _check_labels("stat_labels_q", stat_labels_q, n, q.device)
     stat_labels_k = _check_labels("stat_labels_k", stat_labels_k, m, q.device)
+    bad = _value_problems(_use_host_checks(checks, q.device), {"q": q, "k": k}, temperature,
+                          {"labels_q": labels_q, "labels_k": labels_k, "stat_labels_q": stat_labels_q,
+                           "stat_labels_k": stat_labels_k})
     if backend == "reference":
         loss, stats = cross_info_nce_reference(
             q, k, temperature, symmetric=symmetric, labels_q=labels_q, labels_k=labels_k,
             fn_threshold=fn_threshold, fn_topk=fn_topk, fn_mode=fn_mode, normalize=normalize,
             reduction=reduction, stat_labels_q=stat_labels_q, stat_labels_k=stat_labels_k)
+        loss = _poison(loss, bad)
         return (loss, _stats_out(stats)) if return_stats else loss
     if not torch.compiler.is_compiling():
         backend = resolve_backend(backend, q.device, q.dtype)
+        _check_topk_backend(fn_topk, backend)
+    prec = resolve_precision(precision, q.device, q.dtype)
 
     q, k = _prepare(q, normalize), _prepare(k, normalize)
     inv_temp = _inv_temp(temperature, q)
     ar = torch.arange(n, device=q.device)
     no_self = torch.full_like(ar, -1)
+    det = _deterministic(deterministic)
 
     def direction(a, keys, la, lk, sa, sk):
-        cut = _similarity_cut(a, keys, no_self, ar, fn_threshold, fn_topk)
-        return nce_rows(a, keys, inv_temp, no_self, ar, labels_a=la, labels_k=lk, cut=cut,
-                        attract=fn_mode == "attract", stat_labels_a=sa, stat_labels_k=sk, backend=backend)
+        return nce_rows(a, keys, inv_temp, no_self, ar, labels_a=la, labels_k=lk,
+                        cut=_threshold_cut(a, fn_threshold), topk=fn_topk or 0, attract=fn_mode == "attract",
+                        stat_labels_a=sa, stat_labels_k=sk, precision=prec, stats=return_stats,
+                        deterministic=det, backend=backend)
 
     loss, stats = direction(q, k, labels_q, labels_k, stat_labels_q, stat_labels_k)
     if symmetric:
@@ -433,5 +501,5 @@ def cross_info_nce(q: Tensor, k: Tensor, temperature: float | Tensor = 0.1, *, s
         loss2, stats2 = direction(k[:n], q, first(labels_k), labels_q, first(stat_labels_k), stat_labels_q)
         loss = torch.cat([loss, loss2])
         stats = {key: torch.cat([stats[key], stats2[key]]) for key in stats}
-    loss = _reduce(loss, reduction)
+    loss = _poison(_reduce(loss, reduction), bad)
     return (loss, _stats_out(stats)) if return_stats else loss

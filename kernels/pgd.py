@@ -5,9 +5,16 @@
 
 Semantics are ``kernels.reference.pgd_step_reference`` (torchattacks' PGD / PGDL2 update): fp32
 arithmetic whatever the input dtype, result in ``x``'s dtype, any shape with the batch first.
-Edge cases are torchattacks' too, on every backend: ``torch.sign(NaN) = 0``, so an L-inf step leaves
-an element with a NaN gradient where it is; a NaN anywhere in a sample's gradient makes that L2
-sample NaN; L2 with ``eps = 0`` at ``x == x0`` with a zero gradient is ``0 * (1/0)`` = NaN.
+
+Non-finite gradients (one behaviour, every backend): a NaN or +-inf gradient value is never ignored.
+Every output element computed from it is NaN: under L-inf the step is elementwise, so exactly the
+elements whose gradient is non-finite come out NaN; under L2 the step is divided by the sample's
+gradient norm, so the whole sample comes out NaN. Other elements and samples are unaffected. An attack
+loop (or its evaluation) can therefore detect the breakdown with ``isfinite`` instead of silently
+reporting an unmoved sample as robust. This differs from torchattacks for L-inf, whose
+``sign(NaN) = 0`` leaves such an element unmoved and whose ``sign(inf) = 1`` steps normally.
+A zero gradient (finite) is a zero step, as in torchattacks; L2 with ``eps = 0`` at ``x == x0`` with
+a zero gradient is ``0 * (1/0)`` = NaN.
 
 The step is **not differentiable**: an attack applies it to detached tensors between gradient
 evaluations. The wrapper detaches its inputs, the ops register no autograd formula, and the result
@@ -18,17 +25,16 @@ ops trace under ``torch.compile``.
 """
 
 import math
-import os
 
 import torch
 
-from kernels.pgd_torch import pgd_step_torch
+from kernels import backends
 from kernels.reference import pgd_step_reference
 
 Tensor = torch.Tensor
 
 NORMS = ("linf", "l2")
-BACKENDS = ("auto", "reference", "torch", "triton")
+BACKENDS = backends.BACKENDS
 
 
 def pgd_step(
@@ -100,25 +106,8 @@ def _check(x, grad, x0, out, step_size, eps, norm, clamp) -> None:
 
 
 def _resolve_backend(backend: str, x: Tensor) -> str:
-    if backend not in BACKENDS:
-        raise ValueError(f"pgd_step: backend must be one of {BACKENDS}, got {backend!r}")
-    if backend == "auto":
-        return "triton" if x.is_cuda and _triton_available() else "torch"
-    if backend == "triton":
-        if not _triton_available():
-            raise ValueError("pgd_step: backend='triton' but triton is not importable")
-        if not x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
-            raise ValueError(f"pgd_step: backend='triton' needs CUDA tensors (x is on {x.device}); "
-                             "set TRITON_INTERPRET=1 before importing triton to run it on CPU")
-    return backend
-
-
-def _triton_available() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    """The shared dispatch rule of ``kernels.backends`` (auto = triton on CUDA when it imports, else torch)."""
+    return backends.resolve("pgd_step", backend, x.device, x.dtype)
 
 
 def _same_view(a: Tensor, b: Tensor) -> bool:
@@ -139,11 +128,9 @@ def _compute(x, grad, x0, out, step_size, eps, norm, lo, hi, backend) -> None:
     if backend == "reference":
         out.copy_(pgd_step_reference(x, grad, x0, **kw))
     elif backend == "torch":
-        pgd_step_torch(x, grad, x0, out, **kw)
+        backends.module("pgd_step", "torch").pgd_step_torch(x, grad, x0, out, **kw)
     elif backend == "triton":
-        from kernels.pgd_triton import pgd_step_triton  # lazy: triton is only needed on this path
-
-        pgd_step_triton(x, grad, x0, out, **kw)
+        backends.module("pgd_step", "triton").pgd_step_triton(x, grad, x0, out, **kw)
     else:
         raise ValueError(f"pgd_step: backend must be resolved before dispatch, got {backend!r}")
 

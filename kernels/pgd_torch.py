@@ -4,7 +4,8 @@ Why chunks: the unfused sequence makes ~7 full passes over freshly allocated ten
 whole samples is copied once into a small fp32 buffer, every op of the sequence runs in place on
 it while it is still in the CPU cache, and the result is written to ``out`` once. The ops and their
 order are exactly torchattacks' (``x + a*sign(g)``; ``g/(||g||+1e-10)``, ``delta*min(1, eps/||delta||)``),
-so on fp32 inputs the result is bit-identical to ``torchattacks.PGD`` / ``PGDL2``.
+so on fp32 inputs the result is bit-identical to ``torchattacks.PGD`` / ``PGDL2`` (for finite
+gradients; a non-finite one gives NaN, see ``kernels.pgd``).
 
 Chunks hold whole samples, so the L2 per-sample norms are complete inside a chunk, and writing a
 chunk of ``out`` only after reading the same chunk of ``x`` makes ``out is x`` (in-place) safe.
@@ -58,7 +59,8 @@ def pgd_step_torch(
 def _linf_chunk(x: Tensor, g: Tensor, x0: Tensor, a: float, eps: float) -> Tensor:
     """``x0 + clamp(x + a*sign(g) - x0, -eps, eps)`` in fp32, in one fresh buffer."""
     buf = g.to(torch.float32, copy=True)
-    buf.sign_().mul_(a).add_(x)  # adv = x + a * sign(g)  (torch.sign: sign(0) = sign(NaN) = 0)
+    buf.sign_().add_(g, alpha=0.0)  # + 0*g: exact 0 for a finite gradient, NaN for NaN / inf (a NaN step)
+    buf.mul_(a).add_(x)  # adv = x + a * sign(g)
     buf.sub_(x0).clamp_(-eps, eps).add_(x0)  # x0 + clip(adv - x0)
     return buf
 

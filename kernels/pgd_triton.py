@@ -10,8 +10,8 @@
 
 Arithmetic follows torchattacks op by op in fp32 (``x + a*(g/gn)``, ``eps * (1/||delta||)`` as
 ``eps / tensor`` does, correctly rounded sqrt and division, no FMA contraction), so results differ from
-the eager sequence only by the order of the norm reductions. NaN behaves as in torch: sign(NaN) = 0
-(an L-inf step ignores a NaN gradient entry), a NaN norm poisons its L2 sample, clamp keeps NaN.
+the eager sequence only by the order of the norm reductions. A non-finite gradient value gives a NaN
+output (its element under L-inf, its sample under L2 via the norm; see ``kernels.pgd``); clamp keeps NaN.
 No autotuning: autotune re-runs a kernel, which is wrong for in-place updates.
 Callers validate arguments (``kernels.pgd``); this module only computes.
 """
@@ -68,7 +68,8 @@ def _linf_kernel(x_ptr, g_ptr, x0_ptr, out_ptr, n, step, eps, lo, hi,
     x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
     g = tl.load(g_ptr + offs, mask=m, other=0.0).to(tl.float32)
     x0 = tl.load(x0_ptr + offs, mask=m, other=0.0).to(tl.float32)
-    sign = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))  # sign(NaN) = 0, as torch.sign
+    sign = tl.where(g > 0, 1.0, tl.where(g < 0, -1.0, 0.0))
+    sign = tl.where(tl.abs(g) < float("inf"), sign, float("nan"))  # NaN / inf gradient: NaN step (kernels.pgd)
     delta = _clip((x + step * sign) - x0, -eps, eps)
     out = _finish(x0, delta, 1.0, lo, hi, CLAMP)
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=m)

@@ -1,7 +1,8 @@
 """Plain, materialised PyTorch: the specification every fused path is tested against.
 
 Everything here builds the full similarity matrix and lets autograd differentiate it. It is slow
-and O(N^2) in memory on purpose: it is the easiest code to check by eye against ``SPEC.md`` §1-2.
+and O(N^2) in memory on purpose: it is the easiest code to check by eye against the papers (NT-Xent:
+Chen et al., 2020; false-negative elimination / attraction: Huynh et al., 2022) and ``docs/kernels.md``.
 
 The fused paths (``torch`` tiled and ``triton``) implement one *core* operation, ``nce_rows``,
 over a block of anchor rows against a set of keys; the public losses are thin wrappers that build
@@ -220,13 +221,14 @@ def pgd_step_reference(
 
     L-inf: ``x + a*sign(g)`` (sign(0) = 0), clipped to the eps-box around ``x0``, then to ``clamp``.
     L2: ``x + a*g/||g||`` per sample (norm over all but dim 0, +1e-10 as torchattacks), then
-    ``delta *= min(1, eps/||delta||)``, then clipped to ``clamp``. As in torchattacks, a NaN
-    gradient entry leaves its L-inf element unmoved (torch's sign(NaN) is 0) and turns the whole
-    sample NaN under L2 (its norm is NaN).
+    ``delta *= min(1, eps/||delta||)``, then clipped to ``clamp``. A non-finite gradient value (NaN,
+    +-inf) makes every output computed from it NaN: its element under L-inf (unlike torchattacks, whose
+    sign(NaN) = 0 would leave it unmoved), its whole sample under L2 (through the norm).
     """
     xf, gf, x0f = x.float(), grad.float(), x0.float()
     if norm == "linf":
-        adv = xf + step_size * gf.sign()
+        step = torch.where(torch.isfinite(gf), gf.sign(), float("nan"))
+        adv = xf + step_size * step
         delta = torch.clamp(adv - x0f, min=-eps, max=eps)
         out = x0f + delta
     elif norm == "l2":

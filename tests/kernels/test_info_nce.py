@@ -18,12 +18,13 @@ from torch.utils._pytree import tree_leaves
 from kernels import info_nce_torch
 from kernels.distributed import all_gather_with_grad, local_rows
 from kernels.info_nce import (
+    NonFiniteEmbeddingError,
     cross_info_nce,
     info_nce,
     nce_backward_op,
     nce_forward_op,
     resolve_backend,
-    topk_cut_op,
+    resolve_precision,
 )
 from kernels.reference import (
     cross_info_nce_reference,
@@ -120,8 +121,7 @@ def _ref_cross(q, k, t, return_stats=False, **kw):
 
 
 # ------------------------------------------------------------------------------------------------ NT-Xent
-DTYPES = [(b, dt) for b in FUSED for dt in (torch.float32, torch.float16, torch.bfloat16)
-          if not (b == "triton" and dt == torch.bfloat16)]  # interpreter bf16 dot is wrong
+DTYPES = [(b, dt) for b in FUSED for dt in (torch.float32, torch.float16, torch.bfloat16)]
 
 
 @pytest.mark.parametrize("backend,dtype", DTYPES)
@@ -284,18 +284,21 @@ def _core_args(attract=True):
     return a, k, torch.tensor(5.0), self_idx, pos_idx, la, lk, cut, attract
 
 
+@pytest.mark.parametrize("topk", [0, 2])
 @pytest.mark.parametrize("attract", [False, True])
-def test_opcheck(attract):
-    """Schema, fake (meta) kernels, autograd registration and AOT dispatch of the three custom ops."""
+def test_opcheck(attract, topk):
+    """Schema, fake (meta) kernels, autograd registration and AOT dispatch of both custom ops (with the
+    in-op top-k detector, whose per-row cut the backward takes)."""
     a, k, it, self_idx, pos_idx, la, lk, cut, attract = _core_args(attract)
-    args = (a.requires_grad_(), k.requires_grad_(), it.requires_grad_(), self_idx, pos_idx, la, lk, cut, attract,
-            la, lk, "torch")
+    args = (a.requires_grad_(), k.requires_grad_(), it.requires_grad_(), self_idx, pos_idx, la, lk, cut, topk,
+            attract, la, lk, "ieee", True, False, "torch")
     torch.library.opcheck(nce_forward_op, args)
-    _, lse, stats = nce_forward_op(*args)
+    _, lse, stats, cut_used = nce_forward_op(*args)
+    assert cut_used.shape == ((9,) if topk else (0,))
     npos = 1 + stats[:, 1] if attract else torch.ones(9)
-    torch.library.opcheck(nce_backward_op, (a.detach(), k.detach(), it.detach(), self_idx, pos_idx, la, lk, cut,
-                                            attract, lse, npos, torch.rand(9), "torch"))
-    torch.library.opcheck(topk_cut_op, (a.detach(), k.detach(), self_idx, pos_idx, 2, True))
+    torch.library.opcheck(nce_backward_op, (a.detach(), k.detach(), it.detach(), self_idx, pos_idx, la, lk,
+                                            cut_used if topk else cut, topk, attract, lse, npos, torch.rand(9),
+                                            "ieee", False, "torch"))
 
 
 def test_torch_compile_fullgraph():
@@ -315,20 +318,19 @@ def test_torch_compile_fullgraph():
 
 # ------------------------------------------------------------------------------------------------ the tiled core
 def test_topk_cut_tiled_matches_reference():
-    """Running top-(k+1) across column tiles; midpoint lies strictly between the k-th and (k+1)-th."""
+    """Running top-(k+1) across column tiles equals the reference's (k+1)-th largest negative cosine."""
     R, C = 19, 37
     a, k = _unit(R, 9, 27), _unit(C, 9, 28)
     self_idx, pos_idx = torch.arange(R), torch.arange(R) + 5
+    cos = a @ k.t()
     for kk in (1, 4, 30):
         ref = topk_cut_reference(a, k, self_idx, pos_idx, kk)
-        exact = info_nce_torch.topk_cut(a, k, self_idx, pos_idx, kk)
-        torch.testing.assert_close(exact, ref, atol=1e-6, rtol=0)
-        mid = info_nce_torch.topk_cut(a, k, self_idx, pos_idx, kk, midpoint=True)
-        cos = a @ k.t()
+        tiled = info_nce_torch.topk_cut(a, k, self_idx, pos_idx, kk, chunk_rows=8, chunk_cols=12)
+        torch.testing.assert_close(tiled, ref, atol=1e-6, rtol=0)
+        cut = info_nce_torch.topk_cut(a, k, self_idx, pos_idx, kk, chunk_rows=R, chunk_cols=C)  # one tile = cos
         for r in range(R):
             neg = [cos[r, j] for j in range(C) if j not in (self_idx[r], pos_idx[r])]
-            above = sum(float(c) > float(mid[r]) for c in neg)
-            assert above == min(kk, len(neg))
+            assert sum(float(c) > float(cut[r]) for c in neg) == min(kk, len(neg))
     assert torch.isinf(info_nce_torch.topk_cut(a, k, self_idx, pos_idx, 36)).all()  # 35 negatives < 37
     assert torch.isinf(info_nce_torch.topk_cut(a, k, self_idx, pos_idx, 40)).all()  # k + 1 > C
 
@@ -354,13 +356,17 @@ def test_core_never_allocates_rows_by_cols():
     la, lk = torch.randint(0, 3, (R,)), torch.randint(0, 3, (C,))
     it = torch.tensor(4.0)
     with Sizes() as mode:
-        cut = info_nce_torch.topk_cut(a, k, self_idx, pos_idx, 3, midpoint=True, chunk_rows=cr, chunk_cols=cc)
-        loss, lse, st = info_nce_torch.nce_forward(a, k, it, self_idx, pos_idx, la, lk, cut, True, la, lk,
-                                                   chunk_rows=cr, chunk_cols=cc)
+        loss, lse, st, cut = info_nce_torch.nce_forward(a, k, it, self_idx, pos_idx, la, lk, None, True, la, lk,
+                                                        topk=3, chunk_rows=cr, chunk_cols=cc)
         info_nce_torch.nce_backward(a, k, it, self_idx, pos_idx, la, lk, cut, True, lse, 1 + st[:, 1],
                                     torch.ones(R), chunk_rows=cr, chunk_cols=cc)
     assert mode.biggest <= max(cr * (cc + 4), C * d)
-    ref, _ = nce_rows_reference(a, k, it, self_idx, pos_idx, labels_a=la, labels_k=lk, cut=cut, attract=True)
+    ref_cut = topk_cut_reference(a, k, self_idx, pos_idx, 3)
+    torch.testing.assert_close(cut, ref_cut, atol=1e-6, rtol=0)  # the tiles' own products: last bits differ
+    # the reference's full matmul may put the (k+1)-th cosine an ulp above the tiles' cut: give it a cut
+    # that selects the same 3 negatives with margin
+    mid = (topk_cut_reference(a, k, self_idx, pos_idx, 2) + ref_cut) / 2
+    ref, _ = nce_rows_reference(a, k, it, self_idx, pos_idx, labels_a=la, labels_k=lk, cut=mid, attract=True)
     torch.testing.assert_close(loss, ref, atol=2e-5, rtol=1e-5)
 
 
@@ -491,3 +497,187 @@ def test_single_process_helpers():
     assert local_rows(5, 3) == 15
     with pytest.raises(ValueError, match="n_local"):
         local_rows(0, 1)
+
+
+# ------------------------------------------------------------------------------------------------ dtype policy
+def test_precision_resolution():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_precision("auto", cuda, torch.float32) == "bf16"  # tensor cores by default on the GPU
+    assert resolve_precision("auto", cuda, torch.bfloat16) == "bf16"
+    assert resolve_precision("auto", cuda, torch.float16) == "fp16"
+    assert resolve_precision("auto", cpu, torch.float32) == "ieee"  # exact where low precision buys nothing
+    assert resolve_precision("auto", cpu, torch.bfloat16) == "bf16"
+    assert resolve_precision("auto", cpu, torch.float64) == "ieee"
+    assert resolve_precision("tf32", cpu, torch.float32) == "tf32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        resolve_precision("fp8", cpu, torch.float32)
+
+
+def test_round_tf32_keeps_ten_mantissa_bits_nearest_even():
+    one = 1.0
+    ulp = 2.0 ** -10
+    x = torch.tensor([one + ulp / 4, one + ulp * 3 / 4, one + ulp / 2, one + ulp * 3 / 2, -(one + ulp * 3 / 4), 0.0])
+    expect = torch.tensor([one, one + ulp, one, one + 2 * ulp, -(one + ulp), 0.0])
+    assert torch.equal(info_nce_torch.round_tf32(x), expect)
+
+
+@pytest.mark.parametrize("backend,precision", [(b, p) for b in FUSED for p in ("bf16", "fp16", "tf32")
+                                                if (b, p) != ("triton", "tf32")])  # no CPU tf32: a clear error
+def test_explicit_precision_rounds_the_dot_operands(backend, precision):
+    """fp32 inputs with a low-precision dot: the same as the reference on the rows rounded the same way
+    (after normalisation in fp32), with the top-k detector; and not the same as the exact dot."""
+    z1, z2 = 3 * torch.randn(11, 24, generator=_gen(60)), 3 * torch.randn(11, 24, generator=_gen(61))
+    rnd = {"bf16": lambda t: t.bfloat16().float(), "fp16": lambda t: t.half().float(),
+           "tf32": info_nce_torch.round_tf32}[precision]
+    kw = dict(fn_topk=2, reduction="none")
+    got = info_nce(z1, z2, 0.1, backend=backend, precision=precision, **kw)
+    exact = info_nce(z1, z2, 0.1, backend=backend, precision="ieee", **kw)
+    ref = info_nce_reference(rnd(F.normalize(z1, dim=1)), rnd(F.normalize(z2, dim=1)), 0.1, normalize=False,
+                             **kw)[0]
+    torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-5)
+    assert (got - exact).abs().max() > 1e-5
+
+
+# ------------------------------------------------------------------------------------------------ no host syncs
+class _NoSync:
+    """Every way of reading a tensor's value on the host raises while active (what a CUDA sync would be)."""
+
+    NAMES = ("item", "__bool__", "__int__", "__float__", "tolist", "nonzero")
+
+    def __enter__(self):
+        def refuse(name):
+            def f(*args, **kwargs):
+                raise AssertionError(f"host sync: Tensor.{name} was called")
+            return f
+
+        self.saved = {n: getattr(torch.Tensor, n) for n in self.NAMES}
+        self.saved_nonzero = torch.nonzero
+        for n in self.NAMES:
+            setattr(torch.Tensor, n, refuse(n))
+        torch.nonzero = refuse("nonzero (torch.nonzero)")
+        return self
+
+    def __exit__(self, *exc):
+        for n, f in self.saved.items():
+            setattr(torch.Tensor, n, f)
+        torch.nonzero = self.saved_nonzero
+
+
+@pytest.mark.parametrize("backend", ["torch"])
+def test_dispatch_path_never_reads_values_on_the_host(backend):
+    """With device-side checks (the default on CUDA) the whole loss, forward and backward, with every
+    detector, stats, a learnable temperature and both forms, never calls item/bool/int/float/tolist/nonzero."""
+    n, d = 13, 20
+    z1, z2 = (torch.randn(n, d, generator=_gen(s)).requires_grad_() for s in (70, 71))
+    temp = torch.tensor(0.2, requires_grad=True)
+    labels = torch.randint(0, 3, (n,), generator=_gen(72))
+    with _NoSync():
+        loss, stats = info_nce(z1, z2, temp, labels=labels, fn_threshold=0.3, fn_topk=2, fn_mode="attract",
+                               return_stats=True, stat_labels=labels, backend=backend, checks="device",
+                               row_offset=2, num_rows=9)
+        loss2 = cross_info_nce(z1, z2, temp, symmetric=True, fn_topk=1, backend=backend, checks="device")
+        (loss + loss2).backward()
+    assert torch.isfinite(loss) and z1.grad is not None and temp.grad is not None
+    with pytest.raises(AssertionError, match="host sync"), _NoSync():
+        info_nce(z1, z2, temp, backend=backend, checks="host")  # the host checks do read values
+
+
+def test_triton_host_side_never_reads_values(monkeypatch):
+    """The Triton backend's host code (argument checks, operand casts, TMA descriptors, split merges, the
+    fp16 scale) with the kernel launches themselves stubbed out: no value is read on the host."""
+    if "triton" not in FUSED:
+        pytest.skip("triton does not import here")
+    import kernels.info_nce_triton as m
+
+    class Stub:
+        def __getitem__(self, grid):
+            return lambda *args, **kwargs: None
+
+    monkeypatch.setattr(m, "_interpreted", lambda: True)
+    for name in ("_nce_fwd_kernel", "_nce_bwd_anchor_kernel", "_nce_bwd_key_kernel"):
+        monkeypatch.setattr(m, name, Stub())
+    a, k = _unit(40, 24, 73), _unit(50, 24, 74)
+    self_idx, pos_idx = torch.full((40,), -1), torch.arange(40)
+    la, lk = torch.randint(0, 3, (40,)), torch.randint(0, 3, (50,))
+    it = torch.tensor(5.0)
+    with _NoSync():
+        for topk, det in ((0, False), (3, True)):
+            loss, lse, st, cut = m.nce_forward(a, k, it, self_idx, pos_idx, la, lk, torch.full((40,), 0.2), True,
+                                               la, lk, topk=topk, precision="bf16")
+            m.nce_backward(a, k, it, self_idx, pos_idx, la, lk, cut if topk else None, True, lse, 1 + st[:, 1],
+                           torch.ones(40), topk=topk, precision="bf16", deterministic=det)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="a CUDA graph needs a GPU (runs in gpu_check too)")
+def test_loss_captures_in_a_cuda_graph():
+    """Forward + backward of the fused loss (bf16, top-k, labels, stats) inside one CUDA graph, replayed on new
+    inputs, equals an eager call: possible only because nothing on the path syncs. The capture itself is the
+    GPU check's (``benchmarks/gpu_check.py``), so both run the same code."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from benchmarks.gpu_check import cuda_graph_replay
+
+    dev = torch.device("cuda")
+    z1, z2 = torch.randn(512, 128, device=dev), torch.randn(512, 128, device=dev)
+    result = cuda_graph_replay(z1, z2, torch.randint(0, 10, (512,), device=dev))
+    assert result["captured"] and result["ok"], result
+
+
+# ------------------------------------------------------------------------------------------------ value checks
+def _nan_rows():
+    z = torch.randn(6, 8, generator=_gen(75))
+    bad = z.clone()
+    bad[2, 3] = float("inf")
+    return z, bad
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy
+@pytest.mark.parametrize("backend", FUSED + ["reference"])
+def test_device_checks_turn_bad_values_into_a_nan_loss(backend):
+    """checks="device": non-finite embeddings, a non-positive temperature tensor or labels outside int32 give
+    a NaN loss (every row for reduction="none"), which the trainer's non-finite stop catches; checks="host"
+    raises a clear error for the same inputs."""
+    z, bad = _nan_rows()
+    big = torch.tensor([0, 1, 2, 2**40, 1, 0])
+    cases = [((bad, z, 0.1), {}, NonFiniteEmbeddingError),
+             ((z, z.flip(0), torch.tensor(-0.5)), {}, ValueError),
+             ((z, z.flip(0), 0.1), {"labels": big}, ValueError)]
+    for args, extra, error in cases:
+        for reduction in ("mean", "none"):
+            loss = info_nce(*args, backend=backend, checks="device", reduction=reduction, **extra)
+            assert loss.isnan().all(), (args, extra, reduction)
+        with pytest.raises(error):
+            info_nce(*args, backend=backend, checks="host", **extra)
+    assert torch.isfinite(info_nce(z, z.flip(0), 0.1, backend=backend, checks="device"))
+    assert cross_info_nce(bad, z, 0.1, backend=backend, checks="device").isnan()
+    with pytest.raises(ValueError, match="checks must be one of"):
+        info_nce(z, z, checks="never")
+
+
+def test_deterministic_follows_torch_setting(monkeypatch):
+    """``deterministic=None`` asks torch.use_deterministic_algorithms; an explicit value wins."""
+    seen = []
+    real = info_nce_torch.nce_backward
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["deterministic"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(info_nce_torch, "nce_backward", spy)
+    z1, z2 = (torch.randn(5, 4, generator=_gen(s)).requires_grad_() for s in (76, 77))
+    info_nce(z1, z2, backend="torch").backward()
+    info_nce(z1, z2, backend="torch", deterministic=True).backward()
+    torch.use_deterministic_algorithms(True)
+    try:
+        info_nce(z1, z2, backend="torch").backward()
+    finally:
+        torch.use_deterministic_algorithms(False)
+    assert seen == [False, True, True]
+
+
+def test_triton_topk_limit_is_a_clear_error():
+    if "triton" not in FUSED:
+        pytest.skip("triton does not import here")
+    z = torch.randn(20, 8, generator=_gen(78))
+    with pytest.raises(ValueError, match="fn_topk must be <= 16 on the triton backend"):
+        info_nce(z, z.flip(0), fn_topk=17, backend="triton")
+    info_nce(z, z.flip(0), fn_topk=17, backend="torch")  # no such limit on the torch path

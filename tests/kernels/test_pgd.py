@@ -148,22 +148,44 @@ def test_l2_zero_gradient_sample_does_not_move(backend):
     assert_step_close(out, torchattacks_step(x, g, x0, a, eps, "l2"), backend, "l2")
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_nan_gradient_propagates_like_torchattacks(backend):
-    """torch.sign(NaN) = 0, so an L-inf step leaves that element where it is; L2's norm turns NaN and
-    poisons the whole sample (and only it). Both exactly as torchattacks' sequence."""
-    x, g, x0 = make_inputs(IMAGE)
-    g[1, 2, 3, 4] = float("nan")
+def _paths():
+    """Every code path of the step: reference, torch (whole / one-sample chunks), triton (one program per
+    sample / the three-kernel L2 path)."""
+    return {
+        "reference": lambda x, g, x0, **kw: pgd_step(x, g, x0, backend="reference", **kw),
+        "torch": lambda x, g, x0, **kw: pgd_step(x, g, x0, backend="torch", **kw),
+        "torch-chunked": lambda x, g, x0, **kw: pgd_step_torch(x, g, x0, torch.empty_like(x), chunk_elems=1,
+                                                               clamp=(0.0, 1.0), **kw),
+        "triton": lambda x, g, x0, **kw: pgd_step(x, g, x0, backend="triton", **kw),
+        "triton-multi": lambda x, g, x0, **kw: pgd_step_triton(x, g, x0, torch.empty_like(x), clamp=(0.0, 1.0),
+                                                               max_single_elems=64, **kw),
+    }
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")  # the interpreter's numpy
+@pytest.mark.parametrize("path", list(_paths()))
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")], ids=["nan", "inf", "-inf"])
+def test_non_finite_gradient_gives_nan_never_a_silent_step(path, bad):
+    """One documented behaviour (kernels.pgd): every output computed from a non-finite gradient value is NaN.
+    L-inf: exactly the elements whose gradient is non-finite (torchattacks would leave a NaN one unmoved and
+    step an inf one); L2: their whole sample (through the norm). Everything else is the ordinary step."""
+    step = _paths()[path]
+    x, g, x0 = make_inputs((3, 2, 5, 40))  # 400-element samples: the three-kernel L2 path has 7 spans
+    g[1, 1, 2, 7] = bad
+    g[1, 0, 4, 39] = bad
     for norm in NORMS:
         a, eps = STEP[norm]
-        out = pgd_step(x, g, x0, step_size=a, eps=eps, norm=norm, backend=backend)
-        assert_step_close(out, torchattacks_step(x, g, x0, a, eps, norm), backend, norm)
+        out = step(x, g, x0, step_size=a, eps=eps, norm=norm)
+        finite_g = torch.where(torch.isfinite(g), g, 0.0)
+        expected = torchattacks_step(x, finite_g, x0, a, eps, norm)
+        nan = out.isnan()
         if norm == "linf":
-            assert not out.isnan().any()
-            assert out[1, 2, 3, 4] == x0[1, 2, 3, 4] + (x - x0)[1, 2, 3, 4].clamp(-eps, eps)
+            assert nan.sum() == 2 and nan[1, 1, 2, 7] and nan[1, 0, 4, 39]
+            assert_step_close(out.masked_fill(nan, 0.0), expected.masked_fill(nan, 0.0), path.split("-")[0], norm)
         else:
-            assert out[1].isnan().all()
-            assert not out[0].isnan().any() and not out[2].isnan().any()
+            assert nan[1].all() and not nan[0].any() and not nan[2].any()
+            for i in (0, 2):
+                assert_step_close(out[i:i + 1], expected[i:i + 1], path.split("-")[0], norm)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
