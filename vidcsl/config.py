@@ -127,16 +127,18 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """Training objective. ``options`` carries extra settings of methods added later (e.g. attacks)."""
+    """Training objective: the method, what the contrastive ones share, the collapse guard, its own settings.
+
+    ``options``: the settings the method declares (its ``settings_class``, e.g. BYOL's ``momentum``),
+    checked by :func:`validate_config` like every other key. ``collapse_std``: stop the run when the
+    logged ``embed_std`` (per-dimension std of the normalised embeddings x sqrt(d): about 1 when spread,
+    0 when collapsed) falls below it; 0 turns the guard off. docs/methods.md lists every method's options.
+    """
 
     name: str = "simclr"
-    temperature: float = 0.1
+    temperature: float = bounded(0.1, gt=0)  # of the InfoNCE losses (SimCLR, MoCo, SupCon, adversarial CSL)
     loss_backend: str = choices("auto", "torch", "triton", "reference", default="auto")
-    moco_momentum: float = 0.99
-    moco_queue_size: int = 4096
-    moco_symmetric: bool = False  # MoCo: also swap the two views (2x loss terms)
-    supervised_two_views: bool = False  # supervised: cross-entropy on both augmented views
-    label_smoothing: float = 0.0
+    collapse_std: float = bounded(0.02, ge=0, lt=1)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -384,13 +386,16 @@ def validate_config(cfg: Config, *, check_paths: bool = True) -> None:
                 raise ConfigError(f"config key '{section}.{f.name}' must be one of {allowed}, "
                                  f"got {getattr(obj, f.name)!r}")
     cfg.fn.validate("fn")
+    from vidcsl.methods.base import method_class  # lazy: the method modules import this one
+
+    method_class(cfg.method.name).check_config(cfg)  # method.name, every method.options key
     positive = {"train.epochs": cfg.train.epochs, "train.batch_size": cfg.train.batch_size,
                 "train.accumulate": cfg.train.accumulate, "train.log_every": cfg.train.log_every,
                 "train.knn_k": cfg.train.knn_k, "data.image_size": cfg.data.image_size,
                 "data.num_frames": cfg.data.num_frames, "data.stride": cfg.data.stride,
                 "data.eval_clips": cfg.data.eval_clips, "data.eval_crops": cfg.data.eval_crops,
                 "model.proj_out_dim": cfg.model.proj_out_dim, "model.proj_layers": cfg.model.proj_layers,
-                "method.moco_queue_size": cfg.method.moco_queue_size, "probe.epochs": cfg.probe.epochs,
+                "probe.epochs": cfg.probe.epochs,
                 "probe.batch_size": cfg.probe.batch_size}
     for key, value in positive.items():
         if value < 1:
@@ -399,8 +404,6 @@ def validate_config(cfg: Config, *, check_paths: bool = True) -> None:
                        "train.knn_temperature": cfg.train.knn_temperature, "probe.lr": cfg.probe.lr}.items():
         if not value > 0:
             raise ConfigError(f"config key '{key}' must be > 0, got {value}")
-    if not 0.0 <= cfg.method.moco_momentum < 1.0:
-        raise ConfigError(f"config key 'method.moco_momentum' must lie in [0, 1), got {cfg.method.moco_momentum}")
     if not 0.0 < cfg.data.val_fraction < 1.0:
         raise ConfigError(f"config key 'data.val_fraction' must lie in (0, 1), got {cfg.data.val_fraction}")
     if cfg.train.max_steps is not None and cfg.train.max_steps < 1:

@@ -34,6 +34,7 @@ from kernels.info_nce import NonFiniteEmbeddingError
 from vidcsl.config import Config, config_to_dict, save_config
 from vidcsl.data.factory import DataBundle, build_datasets, set_dataset_epoch
 from vidcsl.methods.base import Method, StepContext, build_method, method_class
+from vidcsl.methods.collapse import collapse_reason
 from vidcsl.train import distributed as D
 from vidcsl.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -51,6 +52,10 @@ from vidcsl.train.optim import WarmupCosine, build_optimizer
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN / inf; the run stopped and its last good checkpoint was kept."""
+
+
+class RepresentationCollapseError(NonFiniteLossError):
+    """The embeddings collapsed (``method.collapse_std``); stopped like a non-finite loss, last checkpoint kept."""
 
 
 class RunPreempted(RuntimeError):
@@ -273,7 +278,8 @@ class Trainer:
 
     def _context(self) -> StepContext:
         return StepContext(epoch=self.epoch, global_step=self.global_step, rank=self.info.rank,
-                           world_size=self.info.world_size, gather=D.gather_with_grad, gather_nograd=D.gather_nograd)
+                           world_size=self.info.world_size, gather=D.gather_with_grad, gather_nograd=D.gather_nograd,
+                           total_steps=self.cfg.train.epochs * self.steps_per_epoch)
 
     def _micro_step(self, batch: Any, last: bool) -> tuple[torch.Tensor | None, dict]:
         """Forward + backward of one micro-batch -> (loss, or None if some rank had no batch; logs)."""
@@ -317,6 +323,12 @@ class Trainer:
             f"non-finite loss ({loss}){why} at epoch {self.epoch}, optimiser step {self.global_step}; stopping the run. "
             f"Last good checkpoint: {kept}. Try a lower optim.lr, optim.grad_clip, or train.precision=fp32.")
 
+    def _collapsed(self, why: str) -> RepresentationCollapseError:
+        kept = str(self.ckpt_path) if self.ckpt_path.exists() else "none (no checkpoint was written yet)"
+        return RepresentationCollapseError(
+            f"representation collapse at epoch {self.epoch}, optimiser step {self.global_step}: {why}; stopping the "
+            f"run. Last good checkpoint: {kept}. Try a lower optim.lr, or see docs/methods.md (collapse).")
+
     def fit(self) -> TrainResult:
         self._setup()
         t, acc = self.cfg.train, self.cfg.train.accumulate
@@ -348,6 +360,11 @@ class Trainer:
                         bar.close()
                         self.logger.close()
                         raise self._non_finite(mean_loss)
+                    collapsed = collapse_reason(logs, self.cfg.method.collapse_std) if losses else None
+                    if collapsed:  # the same on every rank: methods measure the global batch
+                        bar.close()
+                        self.logger.close()
+                        raise self._collapsed(collapsed)
                     if losses:
                         self._optimizer_step()
                     else:
