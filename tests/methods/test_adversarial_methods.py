@@ -65,9 +65,7 @@ def ref(a, b, fn_labels=None):
 def adversarial_pairs(method, x1, x2, y):
     """The adversarial inputs of ``method`` as ``[(clean, adversarial), ...]``, plus their budget."""
     adv = method.make_adversarial(x1, x2, y, StepContext())
-    if isinstance(method, CLAE):  # published CLAE perturbs view i
-        return [(x1, adv)]
-    if isinstance(method, RoCL):
+    if isinstance(method, (CLAE, RoCL)):  # both perturb view i (published CLAE; RoCL)
         return [(x1, adv)]
     return [(x1, adv[0]), (x2, adv[1])]
 

@@ -18,6 +18,7 @@ from vidcsl.config import load_config
 from vidcsl.methods.barlow import BarlowTwins, BarlowTwinsSettings, barlow_twins_loss
 from vidcsl.methods.base import StepContext, build_method
 from vidcsl.methods.byol import BYOL, byol_regression
+from vidcsl.methods.moco import MoCo
 from vidcsl.methods.momentum import ema_update, momentum_at
 from vidcsl.methods.simsiam import SimSiam, negative_cosine
 from vidcsl.methods.vicreg import VICReg, VICRegSettings, vicreg_loss
@@ -234,8 +235,10 @@ def test_predictor_widths_follow_the_papers_ratios():
 @pytest.mark.parametrize("config, cls", [
     ("digits_byol", BYOL), ("digits_simsiam", SimSiam), ("digits_vicreg", VICReg), ("digits_barlow", BarlowTwins),
     ("video_byol", BYOL), ("video_simsiam", SimSiam), ("video_vicreg", VICReg), ("video_barlow", BarlowTwins),
+    ("digits_moco", MoCo),
 ])
 def test_configs_build_their_method_with_simclrs_recipe(config, cls):
+    """Every paradigm trains on SimCLR's data, model, optimiser and schedule: only the objective differs."""
     cfg = load_config(CONFIGS / f"{config}.yaml")
     simclr = load_config(CONFIGS / ("digits_simclr.yaml" if config.startswith("digits") else "video_simclr.yaml"))
     assert (cfg.data, cfg.model, cfg.optim) == (simclr.data, simclr.model, simclr.optim)
