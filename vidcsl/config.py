@@ -77,16 +77,20 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """Training objective. ``options`` carries extra settings of methods added later (e.g. attacks)."""
+    """Training objective: the method, what the contrastive ones share, the collapse guard, its own settings.
+
+    ``options``: the settings the method declares (its ``settings_class``, e.g. BYOL's ``momentum``),
+    checked by :func:`validate_config` like every other key. ``collapse_std``: stop the run when the
+    logged ``embed_std`` (per-dimension std of the normalised embeddings x sqrt(d): about 1 when spread,
+    0 when collapsed) falls below it; 0 turns the guard off. docs/methods.md lists every method's options.
+    """
 
     name: str = "simclr"
-    temperature: float = 0.1
+    temperature: float = bounded(0.1, gt=0)  # of the InfoNCE losses (SimCLR, MoCo, SupCon, adversarial CSL)
     loss_backend: str = choices("auto", "torch", "triton", "reference", default="auto")
-    moco_momentum: float = 0.99
-    moco_queue_size: int = 4096
-    moco_symmetric: bool = False  # MoCo: also swap the two views (2x loss terms)
-    supervised_two_views: bool = False  # supervised: cross-entropy on both augmented views
-    label_smoothing: float = 0.0
+    # dtype of the fused InfoNCE dots (fp32 accumulation always): auto = bf16 on CUDA, exact fp32 on CPU
+    loss_precision: str = choices("auto", "bf16", "fp16", "tf32", "ieee", default="auto")
+    collapse_std: float = bounded(0.02, ge=0, lt=1)
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -342,7 +346,6 @@ def validate_config(cfg: Config, *, check_paths: bool = True) -> None:
     several keys, the encoder and method names, and dataset paths; raises ConfigError naming the key or path."""
     for section in dataclasses.fields(cfg):
         check_fields(getattr(cfg, section.name), section.name)
-    _check_method_keys(cfg.method)
     if cfg.data.crop_scale is not None and not (len(cfg.data.crop_scale) == 2
                                                  and cfg.data.crop_scale[0] <= cfg.data.crop_scale[1]):
         raise ConfigError(f"config key 'data.crop_scale' must be [low, high] with 0 < low <= high <= 1, "
@@ -357,18 +360,8 @@ def validate_config(cfg: Config, *, check_paths: bool = True) -> None:
         check_data_paths(cfg.data)
 
 
-def _check_method_keys(method: MethodConfig) -> None:
-    """Ranges of MethodConfig's keys that its fields do not declare (yet)."""
-    if not method.temperature > 0:
-        raise ConfigError(f"config key 'method.temperature' must be > 0, got {method.temperature}")
-    if method.moco_queue_size < 1:
-        raise ConfigError(f"config key 'method.moco_queue_size' must be >= 1, got {method.moco_queue_size}")
-    if not 0.0 <= method.moco_momentum < 1.0:
-        raise ConfigError(f"config key 'method.moco_momentum' must lie in [0, 1), got {method.moco_momentum}")
-
-
 def _check_names(cfg: Config) -> None:
-    """``model.encoder`` and ``method.name`` must name a registered encoder and method."""
+    """``model.encoder`` and ``method.name`` must name a registered encoder and method; the method's options fit it."""
     from vidcsl.methods.base import method_class
     from vidcsl.models.registry import ENCODERS
 
@@ -378,9 +371,10 @@ def _check_names(cfg: Config) -> None:
         raise ConfigError(f"config key 'model.encoder' is {cfg.model.encoder!r}, not a known encoder "
                           f"({hint}known: {', '.join(ENCODERS)})")
     try:
-        method_class(cfg.method.name)
+        cls = method_class(cfg.method.name)
     except ValueError as err:  # the registry's message names the key and the known methods
         raise ConfigError(str(err)) from None
+    cls.check_config(cfg)  # every method.options key, against the method's declared settings
 
 
 def check_data_paths(data: DataConfig) -> None:

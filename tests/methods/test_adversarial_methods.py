@@ -65,9 +65,7 @@ def ref(a, b, fn_labels=None):
 def adversarial_pairs(method, x1, x2, y):
     """The adversarial inputs of ``method`` as ``[(clean, adversarial), ...]``, plus their budget."""
     adv = method.make_adversarial(x1, x2, y, StepContext())
-    if isinstance(method, CLAE):
-        return [(x2, adv)]
-    if isinstance(method, RoCL):
+    if isinstance(method, (CLAE, RoCL)):  # both perturb view i (published CLAE; RoCL)
         return [(x1, adv)]
     return [(x1, adv[0]), (x2, adv[1])]
 
@@ -125,7 +123,7 @@ def test_loss_is_the_documented_combination(name):
 def test_adversarial_inputs_stay_in_budget_and_raise_the_attacked_loss(name):
     method = make_method(name)
     x1, x2, y = make_batch()
-    eps = method.options["eps"]
+    eps = method.settings.eps
     before = [b.clone() for b in method.buffers()]
     pairs = adversarial_pairs(method, x1, x2, y)
     assert all(torch.equal(a, b) for a, b in zip(before, method.buffers())), "the attack changed BN buffers"
@@ -136,9 +134,9 @@ def test_adversarial_inputs_stay_in_budget_and_raise_the_attacked_loss(name):
         assert float(adv.min()) >= 0.0 and float(adv.max()) <= 1.0
     # The attacked objective, evaluated independently through the adversarial branch, went up.
     proj = torch.nn.Sequential(method.encoder, method.head)
-    with torch.no_grad(), use_adversarial_bn(method, enabled=method.options["dual_bn"]):
-        if name == "clae":  # view j against view i
-            clean_obj, adv_obj = (info_nce(proj(v), proj(x1), TAU) for v in (x2, pairs[0][1]))
+    with torch.no_grad(), use_adversarial_bn(method, enabled=method.settings.dual_bn):
+        if name == "clae":  # view i against itself, all through the adversarial branch
+            clean_obj, adv_obj = (info_nce(proj(v), proj(x1), TAU) for v in (x1, pairs[0][1]))
         elif name == "rocl":  # view i against view j
             clean_obj, adv_obj = (info_nce(proj(v), proj(x2), TAU) for v in (x1, pairs[0][1]))
         else:  # both views together
@@ -187,13 +185,13 @@ def test_attack_follows_the_mode_the_trainer_set():
     auto_train = method.make_adversarial(x1, x2, y, StepContext())
     method.eval()
     auto_eval = method.make_adversarial(x1, x2, y, StepContext())
-    method.options["attack_mode"] = "train"
+    method.settings.attack_mode = "train"
     forced_train = method.make_adversarial(x1, x2, y, StepContext())
     assert not method.training
     assert torch.equal(auto_train, forced_train)
     assert not torch.equal(auto_train, auto_eval)  # running vs batch statistics give another attack
     before = [b.clone() for b in method.buffers()]
-    method.options["attack_mode"] = "auto"
+    method.settings.attack_mode = "auto"
     method.training_step(((x1, x2), y), StepContext())
     assert all(torch.equal(a, b) for a, b in zip(before, method.buffers()))  # eval: nothing updated
 
@@ -260,7 +258,7 @@ def test_a_few_optimiser_steps_reduce_the_loss_on_a_fixed_batch(name):
 
 def test_options_are_checked_and_fractions_parsed():
     method = make_method("rocl", {"eps": "4/255", "steps": 3})
-    assert method.options["eps"] == pytest.approx(4 / 255) and method.options["steps"] == 3
+    assert method.settings.eps == pytest.approx(4 / 255) and method.settings.steps == 3
     with pytest.raises(ValueError, match=r"method\.options\.epsilon"):
         make_method("clae", {"epsilon": 0.1})
     with pytest.raises(ValueError, match=r"method\.options\.steps"):
@@ -291,15 +289,19 @@ def test_configs_build_their_method(config, cls, fn_detector):
     method = build_method(cfg, build_encoder(cfg.model.encoder), num_classes=10)
     assert type(method) is cls and cfg.fn.detector == fn_detector
     want_eps = {CLAE: 0.015, RoCL: 8 / 255, ACL: 8 / 255}[cls]
-    assert method.options["eps"] == pytest.approx(want_eps)
+    assert method.settings.eps == pytest.approx(want_eps)
 
 
-@pytest.mark.parametrize("name, attack", [("clae", "batch_attack"), ("rocl", "instance_attack")])
-def test_attack_target_is_the_clean_view_through_the_clean_bn(name, attack, monkeypatch):
-    """CLAE's adversary perturbs through the auxiliary BN but aims at the clean branch's embedding."""
+@pytest.mark.parametrize("name, options, attack, anchor, branch", [
+    ("clae", {}, "batch_attack", "x1", "adversarial"),  # published CLAE: z_i through the adversarial BN
+    ("clae", {"variant": "view_j"}, "batch_attack", "x1", "clean"),
+    ("rocl", {"dual_bn": True}, "instance_attack", "x2", "clean"),
+])
+def test_attack_target_is_the_documented_anchor(name, options, attack, anchor, branch, monkeypatch):
+    """The attack's fixed anchor: the view and BN branch each method's docstring names."""
     import vidcsl.attacks.contrastive as contrastive
 
-    method = make_method(name, {"dual_bn": True})
+    method = make_method(name, {"dual_bn": True, **options})
     distinguish_branches(method)
     x1, x2, y = make_batch()
     seen = {}
@@ -310,9 +312,10 @@ def test_attack_target_is_the_clean_view_through_the_clean_bn(name, attack, monk
         return real(*args, **kwargs)
 
     monkeypatch.setattr(sys.modules[type(method).__module__], attack, spy)
-    other = x1 if name == "clae" else x2  # CLAE attacks view j against i; RoCL view i against j
+    view = {"x1": x1, "x2": x2}[anchor]
     method.make_adversarial(x1, x2, y, StepContext())
     with frozen_for_attack(method.projector(), "train"), torch.no_grad():  # the attack's (train) mode
-        clean, adversarial = method.project(other), method.project_adversarial(other)
-    torch.testing.assert_close(seen["target"], clean)
-    assert not torch.allclose(seen["target"], adversarial, atol=1e-3)
+        clean, adversarial = method.project(view), method.project_adversarial(view)
+    want, other = (clean, adversarial) if branch == "clean" else (adversarial, clean)
+    torch.testing.assert_close(seen["target"], want)
+    assert not torch.allclose(seen["target"], other, atol=1e-3)

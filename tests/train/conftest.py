@@ -32,7 +32,7 @@ class TinyEncoder(nn.Module):
 def tiny_cfg(**sections):
     """A Config with a small projection head (no BN) and the given section overrides."""
     raw = {"model": {"proj_hidden_dim": 16, "proj_out_dim": 8, "proj_batch_norm": False},
-           "method": {"temperature": 0.5, "moco_queue_size": 32},
+           "method": {"temperature": 0.5},
            "train": {"progress": False, "tensorboard": False}}
     for key, value in sections.items():
         raw.setdefault(key, {}).update(value)

@@ -1,4 +1,5 @@
-"""2-process gloo DDP: loss and gradients equal single-process training on the same global batch.
+"""2-process gloo DDP: loss, gradients and the collapse measure equal single-process training on the same
+global batch, for every method with cross-sample terms (negatives or batch statistics).
 
 The DDP side runs in a subprocess (torch.multiprocessing spawn of two ranks); this file computes the
 single-process reference itself and compares. Checks the scaling: each rank's loss is the mean over its
@@ -18,12 +19,18 @@ from torch.utils.data import default_collate
 
 from vidcsl.methods.base import StepContext, build_method
 
-CASES = {  # name -> (method, fn section)
-    "simclr": ("simclr", {}),
-    "simclr_topk": ("simclr", {"detector": "topk", "topk": 2}),
-    "simclr_oracle_attract": ("simclr", {"detector": "oracle", "mode": "attract"}),
-    "supcon": ("supcon", {}),
-    "moco": ("moco", {}),
+CASES = {  # name -> (method, fn section, method options)
+    "simclr": ("simclr", {}, {}),
+    "simclr_topk": ("simclr", {"detector": "topk", "topk": 2}, {}),
+    "simclr_oracle_attract": ("simclr", {"detector": "oracle", "mode": "attract"}, {}),
+    "supcon": ("supcon", {}, {}),
+    "moco": ("moco", {}, {"queue_size": 64}),
+    # batch statistics (VICReg's variance / covariance, Barlow's standardisation and cross-correlation)
+    # must be those of the global batch: a per-rank statistic would make these differ
+    "byol": ("byol", {}, {}),
+    "simsiam": ("simsiam", {}, {"predictor_hidden_dim": 8}),  # the default 8 // 4 = 2 ReLUs can all be dead
+    "vicreg": ("vicreg", {}, {}),
+    "barlow": ("barlow", {}, {}),
 }
 
 WORKER = textwrap.dedent('''
@@ -55,11 +62,11 @@ WORKER = textwrap.dedent('''
             rows = slice(rank * n, (rank + 1) * n)
             batch = ((data["x1"][rows], data["x2"][rows]), data["y"][rows])
             ctx = StepContext(rank=rank, world_size=world, gather=D.gather_with_grad, gather_nograd=D.gather_nograd)
-            loss, _ = model(batch, ctx)
+            loss, logs = model(batch, ctx)
             loss.backward()
             mean_loss = D.all_reduce(loss.detach().clone(), "mean")
-            out[name] = {"loss": mean_loss, "grads": {k: p.grad for k, p in method.named_parameters()
-                                                      if p.grad is not None}}
+            out[name] = {"loss": mean_loss, "embed_std": torch.tensor(logs["embed_std"]),
+                         "grads": {k: p.grad for k, p in method.named_parameters() if p.grad is not None}}
         if rank == 0:
             torch.save(out, path + ".out")
         D.cleanup_distributed()
@@ -84,8 +91,8 @@ def test_two_process_ddp_equals_single_process(kit, tmp_path):
     ds = kit.NoisyViews(16)
     (x1, x2), y = default_collate([ds[i] for i in range(16)])
     methods, raws = {}, {}
-    for name, (method, fn) in CASES.items():
-        cfg = kit.cfg(method={"name": method}, fn=fn)
+    for name, (method, fn, options) in CASES.items():
+        cfg = kit.cfg(method={"name": method, "options": options}, fn=fn)
         torch.manual_seed(1)
         encoder = SeqEncoder(torch.nn.Flatten(), torch.nn.Linear(48, 16), torch.nn.ReLU())
         methods[name] = build_method(cfg, encoder, 4)
@@ -104,9 +111,11 @@ def test_two_process_ddp_equals_single_process(kit, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ddp = torch.load(str(path) + ".out", weights_only=True)
     for name, method in methods.items():
-        loss, _ = method.training_step(((x1, x2), y), StepContext())
+        loss, logs = method.training_step(((x1, x2), y), StepContext())
         loss.backward()
         torch.testing.assert_close(ddp[name]["loss"], loss.detach(), rtol=1e-5, atol=1e-6, msg=name)
+        # the collapse guard's measure covers the global batch, so every rank decides alike
+        assert float(ddp[name]["embed_std"]) == pytest.approx(logs["embed_std"], rel=1e-5), name
         grads = {k: p.grad for k, p in method.named_parameters() if p.grad is not None}
         assert grads.keys() == ddp[name]["grads"].keys(), name
         for k in grads:

@@ -33,7 +33,8 @@ def digits_batch():
                                      ("simclr", {"detector": "oracle"}), ("moco", {}), ("supcon", {}),
                                      ("supervised", {})])
 def test_methods_reduce_loss_on_digits(digits_batch, name, fn):
-    overrides = SMALL + [f"method.name={name}", "method.moco_queue_size=64", "method.moco_momentum=0.9"]
+    overrides = SMALL + [f"method.name={name}"]
+    overrides += ["method.options.queue_size=64", "method.options.momentum=0.9"] if name == "moco" else []
     overrides += [f"fn.{k}={v}" for k, v in fn.items()]
     cfg = load_config(None, overrides)
     torch.manual_seed(0)

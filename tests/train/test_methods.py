@@ -20,8 +20,12 @@ def batch_of(kit, n=16, two_views=True, seed=0):
     return default_collate([ds[i] for i in range(n)])
 
 
+MOCO_OPTIONS = {"momentum": 0.9, "queue_size": 32}  # a small queue and a fast key encoder for tiny tests
+
+
 def make(kit, name, **sections):
-    cfg = kit.cfg(method={"name": name, "moco_momentum": 0.9}, **sections)
+    options = MOCO_OPTIONS if name == "moco" else {}
+    cfg = kit.cfg(method={"name": name, "options": options}, **sections)
     return build_method(cfg, kit.TinyEncoder(), 4), cfg
 
 
@@ -148,3 +152,65 @@ def test_a_few_steps_reduce_the_loss(kit, name, fn):
         losses.append(float(loss.detach()))
     start = losses[2]  # MoCo: the queue is full from step 2 on
     assert start > 0 and losses[-1] < 0.9 * start, losses
+
+
+# ----------------------------------------------------------------------------------- collapse guard
+
+
+def test_embed_std_is_one_when_spread_and_zero_when_collapsed():
+    from vidcsl.methods.collapse import collapse_reason, embedding_std
+
+    torch.manual_seed(0)
+    spread = torch.randn(4096, 32)  # isotropic: per-dimension std of the unit vectors ~ 1/sqrt(d)
+    assert embedding_std(spread) == pytest.approx(1.0, abs=0.03)
+    assert embedding_std(3.0 * spread + 0.0) == pytest.approx(embedding_std(spread))  # scale-free
+    constant = torch.ones(64, 32) * torch.randn(1, 32)
+    assert embedding_std(constant) < 1e-6
+    near = constant + 1e-4 * torch.randn(64, 32)
+    assert 0 < embedding_std(near) < 0.02
+    assert collapse_reason({"embed_std": embedding_std(near)}, 0.02).startswith("embed_std = ")
+    assert collapse_reason({"embed_std": embedding_std(spread)}, 0.02) is None
+    assert collapse_reason({"embed_std": 0.0}, 0.0) is None  # 0 turns the guard off
+    assert collapse_reason({}, 0.02) is None  # methods without embeddings (supervised) are not watched
+
+
+class ConstantFromEpoch1(torch.utils.data.Dataset):
+    """Two-view samples that all become one constant image from epoch 1 on: a forced collapse."""
+
+    def __init__(self, base):
+        self.base, self.epoch = base, 0
+
+    def set_epoch(self, epoch):
+        self.epoch = epoch
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        (x1, x2), y = self.base[i]
+        if self.epoch >= 1:
+            x1 = x2 = torch.full_like(x1, 0.5)
+        return (x1, x2), y
+
+
+@pytest.mark.parametrize("name", ["simclr", "byol", "simsiam", "vicreg", "barlow"])
+def test_collapse_stops_the_run_and_keeps_the_checkpoint_before_it(kit, tmp_path, name):
+    from vidcsl.train.checkpoint import load_checkpoint
+    from vidcsl.train.trainer import RepresentationCollapseError, Trainer
+
+    def run(folder, **train):
+        cfg = kit.cfg(method={"name": name}, optim={"name": "sgd", "lr": 0.05},
+                      train={"epochs": 2, "batch_size": 16, "ckpt_every": 1, "knn_every": -1, **train})
+        data = kit.bundle()
+        data.train = ConstantFromEpoch1(data.train)
+        return Trainer(cfg, run_dir=tmp_path / folder, data=data, encoder=kit.TinyEncoder()).fit()
+
+    with pytest.raises(RepresentationCollapseError,
+                       match=r"representation collapse at epoch 1, optimiser step 3: embed_std = .* "
+                             r"method\.collapse_std = 0\.02.*Last good checkpoint: .*last\.pt"):
+        run("collapsed")  # 48 samples / 16 = 3 steps per epoch: steps 0-2 are healthy
+    kept = load_checkpoint(tmp_path / "collapsed")
+    assert kept["progress"]["global_step"] == 3
+    healthy = run("healthy", max_steps=3)  # the same three steps, uninterrupted
+    for key, value in healthy.method.state_dict().items():
+        torch.testing.assert_close(kept["model"][key], value, msg=key)

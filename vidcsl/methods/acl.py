@@ -8,20 +8,21 @@ BNs the adversarial pair is later trained through. It is the shared ascent loop
 (``vidcsl.attacks.pgd.maximize``, each update ``kernels.pgd.pgd_step``) with that objective, under
 ``frozen_for_attack`` (model flags, BN buffers and ``requires_grad`` restored).
 
-Options (``method.options``): ``eps`` 8/255, ``alpha`` 2/255, ``steps`` 5, ``random_start`` true,
-``dual_bn`` true, ``attack_mode`` auto, ``attack_fn`` true, ``norm`` linf.
+Settings (``method.options``): :class:`ACLSettings`; see docs/methods.md.
 """
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
 from vidcsl.attacks.pgd import frozen_for_attack, maximize
-from vidcsl.methods.adversarial import COMMON_DEFAULTS, AdversarialSimCLR
+from vidcsl.methods.adversarial import AdversarialSettings, AdversarialSimCLR
 from vidcsl.methods.base import StepContext, register_method
+from vidcsl.schema import bounded
 
 Tensor = torch.Tensor
 
@@ -47,20 +48,29 @@ def pair_attack(encoder_with_head: nn.Module, x_i: Tensor, x_j: Tensor, *, eps: 
     return x_i_adv, x_j_adv
 
 
+@dataclass
+class ACLSettings(AdversarialSettings):
+    """ACL's attack (Jiang et al. 2020): PGD-``steps`` 5 with step ``alpha`` 2/255 in a budget ``eps``
+    8/255 (pixels in [0, 1]), from a random start. Plus the common settings (dual BN on by default)."""
+
+    eps: float = bounded(8 / 255, ge=0)
+    alpha: float = bounded(2 / 255, ge=0)
+    steps: int = bounded(5, ge=1)
+    random_start: bool = True
+
+
 @register_method("acl")
 class ACL(AdversarialSimCLR):
-    option_defaults: ClassVar[dict[str, Any]] = {
-        **COMMON_DEFAULTS, "eps": 8 / 255, "alpha": 2 / 255, "steps": 5, "random_start": True,
-    }
+    settings_class = ACLSettings
 
     def make_adversarial(self, x_i: Tensor, x_j: Tensor, labels: Tensor | None,
                          ctx: StepContext) -> tuple[Tensor, Tensor]:
         """Both views attacked jointly through the adversarial branch."""
-        o = self.options
+        s = self.settings
         with self.adversarial_branch():
-            return pair_attack(self.projector(), x_i, x_j, eps=o["eps"], alpha=o["alpha"], steps=o["steps"],
-                               temperature=self.cfg.method.temperature, norm=o["norm"],
-                               random_start=o["random_start"], mode=self.attack_mode(),
+            return pair_attack(self.projector(), x_i, x_j, eps=s.eps, alpha=s.alpha, steps=s.steps,
+                               temperature=self.cfg.method.temperature, norm=s.norm,
+                               random_start=s.random_start, mode=self.attack_mode(),
                                nce_kwargs=self.attack_nce_kwargs(labels, ctx))
 
     def training_step(self, batch: Any, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:

@@ -4,9 +4,14 @@ A method is an ``nn.Module`` that owns the encoder and its heads and turns one b
 The trainer owns everything else (devices, precision, optimiser, DDP, checkpoints), so a new method
 (e.g. an adversarial one) is one small module:
 
+    @dataclass
+    class MySettings:                               # given under ``method.options`` in the YAML
+        weight: float = bounded(1.0, ge=0)          # checked by validate_config, like every config key
+
     @register_method("mymethod")
     class MyMethod(Method):
         views = 2                                   # the trainer asks the data factory for two views
+        settings_class = MySettings                 # ``self.settings`` is a checked MySettings
         def training_step(self, batch, ctx):
             (x1, x2), y = batch
             ...
@@ -15,7 +20,10 @@ The trainer owns everything else (devices, precision, optimiser, DDP, checkpoint
 Inputs are images (B, C, H, W) or clips (B, C, T, H, W); a method never needs to know which.
 In DDP, ``ctx.gather`` all-gathers embeddings *with* gradient and ``ctx.rank`` / ``ctx.world_size``
 give this process's row block; the local loss must be the mean over local rows (DDP then averages
-the gradients into those of the global mean).
+the gradients into those of the global mean); a term computed on the whole gathered batch (VICReg's
+covariance) is added in full on every rank. Methods that embed log ``embed_std``
+(:mod:`vidcsl.methods.collapse`), which the trainer watches for a representation collapse.
+docs/methods.md describes every method, its loss and its settings.
 """
 
 from __future__ import annotations
@@ -27,6 +35,10 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from vidcsl.errors import ConfigError
+from vidcsl.methods.collapse import EMBED_STD, embedding_std
+from vidcsl.methods.settings import NoSettings, read_settings
 
 Tensor = torch.Tensor
 
@@ -41,6 +53,7 @@ class StepContext:
 
     epoch: int = 0
     global_step: int = 0
+    total_steps: int = 0  # optimiser steps of the whole schedule (0 = unknown), e.g. for BYOL's momentum
     rank: int = 0
     world_size: int = 1
     gather: Callable[[Tensor], Tensor] = field(default=_identity)  # all-gather with gradient, rank order
@@ -54,15 +67,32 @@ class Method(nn.Module):
     views: ClassVar[int] = 2  # samples per item the method needs: 1 -> (x, y), 2 -> ((x1, x2), y)
     data_mode: ClassVar[str] = "contrastive"  # augmentations: "contrastive" (SimCLR-style) or "supervised"
     ddp_find_unused: ClassVar[bool] = False  # set if some parameters get no gradient in a step
+    settings_class: ClassVar[type] = NoSettings  # dataclass of the method's ``method.options``
+    has_negatives: ClassVar[bool] = True  # False: the false-negative options (``fn``) cannot apply
 
     @classmethod
     def views_for(cls, cfg: Any) -> int:
         """Views per sample this method needs under ``cfg`` (the trainer builds the data before the method)."""
         return cls.views
 
+    @classmethod
+    def read_settings(cls, cfg: Any) -> Any:
+        """``cfg.method.options`` as a checked ``settings_class`` instance (ConfigError naming a bad key)."""
+        return read_settings(cls.settings_class, cfg.method.options, cls.name)
+
+    @classmethod
+    def check_config(cls, cfg: Any) -> None:
+        """What only the method can check in a config: its settings, and that ``fn`` can apply to it."""
+        cls.read_settings(cfg)
+        detector = getattr(getattr(cfg, "fn", None), "detector", "none")
+        if not cls.has_negatives and detector != "none":
+            raise ConfigError(f"config key 'fn.detector' is {detector!r}, but method {cls.name!r} has no "
+                              f"negatives, so no false negatives to remove; set fn.detector=none")
+
     def __init__(self, cfg: Any, encoder: nn.Module, num_classes: int):
         super().__init__()
         self.cfg = cfg
+        self.settings = self.read_settings(cfg)
         self.encoder = encoder
         self.num_classes = num_classes
 
@@ -98,6 +128,7 @@ class Method(nn.Module):
 
 
 METHODS: dict[str, type[Method]] = {}
+BUILT_IN = ("simclr", "moco", "supcon", "supervised", "clae", "rocl", "acl", "byol", "simsiam", "vicreg", "barlow")
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -120,8 +151,8 @@ def method_class(name: str) -> type[Method]:
             if err.name != f"vidcsl.methods.{name}":
                 raise
     if name not in METHODS:
-        known = sorted(set(METHODS) | {"simclr", "moco", "supcon", "supervised"})
-        raise ValueError(f"config key 'method.name' is {name!r}, not a known method ({', '.join(known)})")
+        known = sorted(set(METHODS) | set(BUILT_IN))
+        raise ConfigError(f"config key 'method.name' is {name!r}, not a known method ({', '.join(known)})")
     return METHODS[name]
 
 
@@ -136,3 +167,23 @@ def projection_head(cfg: Any, in_dim: int) -> nn.Module:
 
     m = cfg.model
     return ProjectionHead(in_dim, m.proj_hidden_dim, m.proj_out_dim, m.proj_layers, m.proj_batch_norm)
+
+
+class TwoViewMethod(Method):
+    """Encoder + the projection head of ``cfg.model`` over two views: what SimCLR and the methods
+    without negatives (BYOL, SimSiam, VICReg, Barlow Twins) share; each adds its loss (and heads)."""
+
+    views = 2
+
+    def __init__(self, cfg: Any, encoder: nn.Module, num_classes: int):
+        super().__init__(cfg, encoder, num_classes)
+        self.head = projection_head(cfg, encoder.feature_dim)
+
+    def project(self, x: Tensor) -> Tensor:
+        """Projection-head output (not normalised; the losses normalise where they need to)."""
+        return self.head(self.encoder(x))
+
+    @staticmethod
+    def spread_logs(ctx: StepContext, *embeddings: Tensor) -> dict[str, float]:
+        """``embed_std`` of the embeddings over the global batch (the collapse guard's measure)."""
+        return {EMBED_STD: embedding_std(ctx.gather_nograd(torch.cat(embeddings).detach().contiguous()))}

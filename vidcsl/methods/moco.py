@@ -1,36 +1,51 @@
-"""MoCo v2: a momentum (key) encoder + head and a queue of past keys as extra negatives.
+"""MoCo v2 (Chen, Fan, Girshick & He 2020): a momentum (key) encoder + head and a queue of past keys.
 
 Keys of the current global batch and the queue are all negatives of a query except its own key
 (the cross InfoNCE of ``kernels``, as in MoCo v3; MoCo v2 used only the queue). The queue also
 stores the keys' labels, so the oracle detector and the FN precision / recall work across it.
 No shuffle-BN: with one process it is a no-op, in DDP the key BatchNorm sees the local batch only.
+The key network follows the online one through :mod:`vidcsl.methods.momentum`.
 """
 
 from __future__ import annotations
 
-import copy
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from vidcsl.methods.base import StepContext, register_method
+from vidcsl.methods.collapse import EMBED_STD, embedding_std
 from vidcsl.methods.false_negatives import fn_logs, fn_loss_kwargs
 from vidcsl.methods.losses import cross_nce
+from vidcsl.methods.momentum import MomentumSettings, ema_update, momentum_at, momentum_copy
 from vidcsl.methods.simclr import SimCLR
+from vidcsl.schema import bounded
 
 Tensor = torch.Tensor
 
 
+@dataclass
+class MoCoSettings(MomentumSettings):
+    """MoCo v2's defaults: ``momentum`` 0.999 (constant), a queue of ``queue_size`` 65536 keys;
+    ``symmetric`` also swaps the two views (two loss terms, averaged; MoCo v2 uses one)."""
+
+    momentum: float = bounded(0.999, ge=0, lt=1)
+    queue_size: int = bounded(65536, ge=1)
+    symmetric: bool = False
+
+
 @register_method("moco")
 class MoCo(SimCLR):
+    settings_class = MoCoSettings
+
     def __init__(self, cfg: Any, encoder: torch.nn.Module, num_classes: int):
         super().__init__(cfg, encoder, num_classes)
-        self.key_encoder = copy.deepcopy(self.encoder)
-        self.key_head = copy.deepcopy(self.head)
-        for p in list(self.key_encoder.parameters()) + list(self.key_head.parameters()):
-            p.requires_grad_(False)
-        size, dim = cfg.method.moco_queue_size, cfg.model.proj_out_dim
+        self.key_encoder = momentum_copy(self.encoder)
+        self.key_head = momentum_copy(self.head)
+        self._momentum = self.settings.momentum
+        size, dim = self.settings.queue_size, cfg.model.proj_out_dim
         self.register_buffer("queue", torch.zeros(size, dim))
         self.register_buffer("queue_labels", torch.full((size,), -1, dtype=torch.long))
         self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
@@ -55,24 +70,31 @@ class MoCo(SimCLR):
         kw = fn_loss_kwargs(self.cfg.fn, ctx.epoch, labels)
         if "labels" in kw:
             kw["labels_q"], kw["labels_k"] = kw.pop("labels"), key_labels
+        # q joins the fp32 queue's dtype; the dots still run in bf16 on CUDA (method.loss_precision=auto)
         loss, stats = cross_nce(q.float(), keys, self.cfg.method.temperature, backend=self.cfg.method.loss_backend,
+                                precision=self.cfg.method.loss_precision,
                                 stat_labels_q=labels, stat_labels_k=key_labels, **kw)
         return loss, stats, gk, glabels
 
     def training_step(self, batch: Any, ctx: StepContext) -> tuple[Tensor, dict[str, float]]:
         (x1, x2), y = self.split_batch(batch)
-        if self.cfg.method.moco_symmetric:
+        s = self.settings
+        self._momentum = momentum_at(s.momentum, s.momentum_schedule, ctx.global_step, ctx.total_steps)
+        if s.symmetric:
             q1, q2 = self.project(torch.cat([x1, x2])).chunk(2)
             k1, k2 = self.keys(torch.cat([x1, x2])).chunk(2)
             loss_a, stats_a, gk, gy = self._direction(q1, k2, y, ctx)
             loss_b, stats_b, _, _ = self._direction(q2, k1, y, ctx)
             loss = 0.5 * (loss_a + loss_b)
             stats = {key: torch.cat([stats_a[key], stats_b[key]]) for key in stats_a}
+            queries = q1
         else:
-            loss, stats, gk, gy = self._direction(self.project(x1), self.keys(x2), y, ctx)
+            queries = self.project(x1)
+            loss, stats, gk, gy = self._direction(queries, self.keys(x2), y, ctx)
         self._enqueue(gk, gy)
         logs = fn_logs(stats, ctx.gather_nograd)
         logs["queue_fill"] = float(self.queue_len) / self.queue.shape[0]
+        logs[EMBED_STD] = embedding_std(ctx.gather_nograd(queries.detach()))
         return loss, logs
 
     @torch.no_grad()
@@ -87,9 +109,6 @@ class MoCo(SimCLR):
         self.queue_ptr.fill_((int(self.queue_ptr) + m) % size)
         self.queue_len.fill_(min(size, int(self.queue_len) + m))
 
-    @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        m = self.cfg.method.moco_momentum
-        for online, key in ((self.encoder, self.key_encoder), (self.head, self.key_head)):
-            for pq, pk in zip(online.parameters(), key.parameters()):
-                pk.mul_(m).add_(pq.detach(), alpha=1.0 - m)
+        ema_update(self.encoder, self.key_encoder, self._momentum)
+        ema_update(self.head, self.key_head, self._momentum)

@@ -45,6 +45,7 @@ from vidcsl.config import Config, config_differences, config_to_dict, config_yam
 from vidcsl.data.factory import DataBundle, build_datasets, set_dataset_epoch
 from vidcsl.errors import CheckpointError, ConfigError, DataError, Preempted, RunFolderError
 from vidcsl.methods.base import Method, StepContext, build_method, method_class
+from vidcsl.methods.collapse import collapse_reason
 from vidcsl.train import distributed as D
 from vidcsl.train.checkpoint import (
     CHECKPOINT_DIR,
@@ -67,6 +68,10 @@ from vidcsl.train.run_folder import RunLock, describe_holder, remove_temp_files,
 class NonFiniteLossError(RuntimeError):
     """The loss or the model state (a parameter, a BatchNorm statistic) became NaN / inf; the run stopped
     and its last good checkpoint was kept."""
+
+
+class RepresentationCollapseError(NonFiniteLossError):
+    """The embeddings collapsed (``method.collapse_std``); stopped like a non-finite loss, last checkpoint kept."""
 
 
 class RunPreempted(Preempted):
@@ -362,7 +367,8 @@ class Trainer:
 
     def _context(self) -> StepContext:
         return StepContext(epoch=self.epoch, global_step=self.global_step, rank=self.info.rank,
-                           world_size=self.info.world_size, gather=D.gather_with_grad, gather_nograd=D.gather_nograd)
+                           world_size=self.info.world_size, gather=D.gather_with_grad, gather_nograd=D.gather_nograd,
+                           total_steps=self.cfg.train.epochs * self.steps_per_epoch)
 
     def _count_samples(self, used: int, bad: int) -> None:
         for counter in (self.counts, self.running):
@@ -409,6 +415,12 @@ class Trainer:
         return NonFiniteLossError(
             f"{what} at epoch {self.epoch}, optimiser step {self.global_step}; stopping the run. "
             f"Last good checkpoint: {kept}. Try a lower optim.lr, optim.grad_clip, or train.precision=fp32.")
+
+    def _collapsed(self, why: str) -> RepresentationCollapseError:
+        kept = str(self.ckpt_path) if self.ckpt_path.exists() else "none (no checkpoint was written yet)"
+        return RepresentationCollapseError(
+            f"representation collapse at epoch {self.epoch}, optimiser step {self.global_step}: {why}; stopping the "
+            f"run. Last good checkpoint: {kept}. Try a lower optim.lr, or see docs/methods.md (collapse).")
 
     def _check_finite_state(self) -> None:
         """Stop the run when a parameter or buffer (e.g. a BatchNorm running variance) holds NaN / inf:
@@ -491,6 +503,9 @@ class Trainer:
         mean_loss = float(D.all_reduce(local.clone(), "mean")) if self.info.distributed else float(local)
         if not math.isfinite(mean_loss):
             raise self._non_finite(f"non-finite loss ({mean_loss})")
+        collapsed = collapse_reason(logs, self.cfg.method.collapse_std) if losses else None
+        if collapsed:  # the same on every rank: methods measure the global batch
+            raise self._collapsed(collapsed)
         if losses:
             self._optimizer_step()
         else:
