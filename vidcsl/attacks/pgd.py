@@ -164,20 +164,19 @@ def _pgd_until_fooled(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha:
             adv.requires_grad_(not last)
             logits = model(adv)
             wrong = logits.argmax(1) != y_a
-            if bool(wrong.any()):
+            n_wrong = int(wrong.sum())  # the one host sync of a step
+            if n_wrong:
                 out[active[wrong]] = adv.detach()[wrong]
                 fooled[active[wrong]] = True
-            keep = ~wrong
-            if last or not bool(keep.any()):
-                out[active[keep]] = adv.detach()[keep]
+                keep = ~wrong
+                logits, y_a, active = logits[keep], y_a[keep], active[keep]
+            if last or n_wrong == wrong.shape[0]:
+                out[active] = adv.detach()[keep] if n_wrong else adv.detach()
                 break
-            if loss is None:
-                value = F.cross_entropy(logits[keep], y_a[keep], reduction="sum") * scale
-            else:
-                value = loss(logits[keep], y_a[keep])
+            value = F.cross_entropy(logits, y_a, reduction="sum") * scale if loss is None else loss(logits, y_a)
             (grad,) = torch.autograd.grad(value, adv)
-        if not bool(keep.all()):  # compact: only the samples still classified correctly go on
-            adv, grad, x0, y_a, active = adv[keep], grad[keep], x0[keep], y_a[keep], active[keep]
+        if n_wrong:  # compact: only the samples still classified correctly go on
+            adv, grad, x0 = adv.detach()[keep], grad[keep], x0[keep]
         adv = _step(adv, grad, x0, alpha, eps, norm)
     return out, fooled
 
@@ -229,7 +228,7 @@ def pgd_outcome(
     change as others drop out, so its iterates stay torchattacks' until it is fooled.
     """
     check_restarts(restarts, random_start)
-    scale = 1.0 / x.shape[0] if loss_scale is None else float(loss_scale)
+    scale = 1.0 / max(x.shape[0], 1) if loss_scale is None else float(loss_scale)
     loss_fn = loss if loss is not None else F.cross_entropy
 
     def run(xs: Tensor, ys: Tensor) -> tuple[Tensor, Tensor]:
