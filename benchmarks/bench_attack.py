@@ -9,7 +9,7 @@ PGD-20, alpha = 2.5 eps / 20, random start: ``vidcsl.attacks.robust_sweep`` (eps
 samples still correct attacked, a sample dropped once misclassified) against a per-eps loop of
 torchattacks' PGD on the same inputs, in the same run: wall time of each and accuracies side by side.
 Models: the demo's image model (small_cnn on 16x16 digits) and clip model (small_cnn3d on 8x32x32
-moving-digit clips), each trained here for a few hundred AdamW steps (or, for the image model, loaded
+moving-digit clips), each trained here for 150 AdamW steps (or, for the image model, loaded
 from a supervised run with ``--image-checkpoint``), and ResNet-18-CIFAR with random weights (its labels
 are its own clean predictions, so that every sample is attacked). Besides wall times, the table counts
 attack steps (forward + backward) per sample: a machine-independent measure of the work each side does.
@@ -111,7 +111,7 @@ def digit_images(split: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
     if size != x.shape[-1]:
         x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x.clamp(0, 1), torch.from_numpy(labels).long()
+    return x.clamp(0, 1).contiguous(), torch.from_numpy(labels).long()  # NCHW-contiguous, as a loader gives
 
 
 def digit_clips(split: str, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,7 +157,7 @@ def load_supervised(run_or_checkpoint: str, device) -> tuple[nn.Module, int]:
 def sweep_models(args, device) -> list[dict]:
     """(name, weights, model, x, y) of the three benchmarked models."""
     pick = 2 if args.small else 1 if device.type == "cuda" else 0
-    train_steps = args.train_steps if args.train_steps is not None else (100 if args.small else 400)
+    train_steps = args.train_steps if args.train_steps is not None else (60 if args.small else 150)
     cases = []
     if args.image_checkpoint:
         model, size = load_supervised(args.image_checkpoint, device)
@@ -290,7 +290,7 @@ def main() -> None:
     ap.add_argument("--norm", choices=sorted(SWEEP_EPS), default="linf", help="--sweep: the norm swept")
     ap.add_argument("--batch-size", type=int, default=128, help="--sweep: samples per attacked batch")
     ap.add_argument("--train-steps", type=int, default=None,
-                    help="--sweep: training batches of each demo model (default 400, 100 with --small)")
+                    help="--sweep: training batches of each demo model (default 150, 60 with --small)")
     ap.add_argument("--image-checkpoint", default=None,
                     help="--sweep: a supervised embedded_digits run (or its checkpoint) instead of training here")
     ap.add_argument("--no-random-start", action="store_true", help="--sweep: both attacks start at x")

@@ -19,6 +19,18 @@ class PerSample(nn.Module):
         return torch.cat([self.net(x[i:i + 1].clone()) for i in range(x.shape[0])])
 
 
+class ClipAverage(nn.Module):
+    """A clip-set classifier as the evaluation builds one: (B,K,C,T,H,W) -> mean of the K clips' logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, clips: torch.Tensor) -> torch.Tensor:
+        b, k = clips.shape[:2]
+        return self.model(clips.flatten(0, 1)).view(b, k, -1).mean(1)
+
+
 def _classifier(dims: int = 2, classes: int = 4, size: int = 8) -> nn.Module:
     """conv-BN-ReLU-linear on (B,3,H,W) images or (B,3,T,H,W) clips, eval mode, non-trivial BN statistics."""
     conv, bn = (nn.Conv2d, nn.BatchNorm2d) if dims == 2 else (nn.Conv3d, nn.BatchNorm3d)
@@ -34,6 +46,11 @@ def _classifier(dims: int = 2, classes: int = 4, size: int = 8) -> nn.Module:
 @pytest.fixture
 def classifier():
     return _classifier
+
+
+@pytest.fixture
+def clip_set_classifier():
+    return lambda: ClipAverage(_classifier(dims=3)).eval()
 
 
 @pytest.fixture

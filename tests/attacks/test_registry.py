@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchattacks
 
-from vidcsl.attacks import ATTACKS, ClipAverage, attack_by_name, robust_sweep
+from vidcsl.attacks import ATTACKS, attack_by_name, robust_sweep
 from vidcsl.errors import ConfigError
 
 # Few steps everywhere; AutoAttack gets a radius at which APGD-CE breaks every sample (its later attacks,
@@ -77,9 +77,9 @@ def test_early_stop_keeps_the_first_misclassified_iterate(classifier, inputs):
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
-def test_clip_sets_keep_every_clip_within_eps(norm, classifier, inputs):
+def test_clip_sets_keep_every_clip_within_eps(norm, clip_set_classifier, inputs):
     """(B,K,C,T,H,W): each clip is within eps on its own (the L2 ball is per clip, not per video)."""
-    model = ClipAverage(classifier(dims=3)).eval()
+    model = clip_set_classifier()
     x, y = inputs((3, 4, 3, 2, 8, 8), model)
     eps = EPS[norm]
     for name, options in (("pgd", {"steps": 8}), ("fgsm", {})):
@@ -96,16 +96,21 @@ def test_clip_sets_keep_every_clip_within_eps(norm, classifier, inputs):
     assert not (out[eps] & ~out[0.0]).any()
 
 
-def test_clip_average_averages_each_videos_clips(classifier):
-    model = ClipAverage(classifier(dims=3)).eval()
+def test_changing_one_clip_changes_only_that_videos_logits(clip_set_classifier):
+    """The clip-set model the attacks are tested on is what they assume: each video's K clips count."""
+    model = clip_set_classifier()
     x = torch.rand(2, 3, 3, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    changed = x.clone()
+    changed[1, 2] = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        base = model(x)
-        changed = x.clone()
-        changed[1, 2] = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))
-        after = model(changed)
-        torch.testing.assert_close(base, model.model(x.flatten(0, 1)).view(2, 3, -1).mean(1))
+        base, after = model(x), model(changed)
     assert torch.equal(after[0], base[0]) and not torch.allclose(after[1], base[1])
+    # ... and an attack that changes only clip 2 of video 1 changes video 1's logits
+    mask = torch.zeros_like(x)
+    mask[1, 2] = 1
+    adv = ATTACKS["pgd"](model, x, torch.tensor([0, 1]), eps=8 / 255, norm="linf", steps=2)
+    with torch.no_grad():
+        assert not torch.allclose(model(x + (adv - x) * mask)[1], base[1])
 
 
 def test_clips_go_through_torchattacks_attacks(classifier, inputs):
@@ -121,8 +126,8 @@ def test_clips_go_through_torchattacks_attacks(classifier, inputs):
     assert_valid(adv, x, 0.2, "l2")
 
 
-def test_unknown_names_options_and_norms_are_config_errors(classifier, inputs):
-    model = ClipAverage(classifier(dims=3)).eval()
+def test_unknown_names_options_and_norms_are_config_errors(clip_set_classifier, inputs):
+    model = clip_set_classifier()
     x, y = inputs((2, 2, 3, 2, 8, 8), model)
     with pytest.raises(ConfigError, match="unknown attack 'pgd-l2'.*pgd, fgsm, apgd-ce, apgd-t, autoattack, cw-l2"):
         attack_by_name("pgd-l2")

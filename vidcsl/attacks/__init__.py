@@ -10,7 +10,6 @@ the adversarial training methods; ``docs/attacks.md`` describes all of them.
 """
 
 from vidcsl.attacks.autoattack import autoattack, autoattack_accuracy
-from vidcsl.attacks.clip_sets import ClipAverage
 from vidcsl.attacks.contrastive import batch_attack, feature_attack, instance_attack
 from vidcsl.attacks.pgd import (
     DEFAULT_ALPHA_FACTOR,
@@ -27,7 +26,7 @@ from vidcsl.attacks.sweep import clean_correct, robust_sweep
 from vidcsl.attacks.torchattacks_based import apgd_ce, apgd_t, cw_l2
 
 __all__ = [
-    "ATTACKS", "DEFAULT_ALPHA_FACTOR", "DEFAULT_STEPS", "NORMS", "Attack", "AttackFn", "ClipAverage", "apgd_ce", "apgd_t",
+    "ATTACKS", "DEFAULT_ALPHA_FACTOR", "DEFAULT_STEPS", "NORMS", "Attack", "AttackFn", "apgd_ce", "apgd_t",
     "attack_by_name", "autoattack", "autoattack_accuracy", "batch_attack", "clean_correct", "cw_l2",
     "feature_attack", "fgsm", "frozen_for_attack", "instance_attack", "maximize", "pgd", "pgd_outcome",
     "robust_sweep",
