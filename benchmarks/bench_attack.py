@@ -5,9 +5,10 @@ same model and inputs (random_start=False), checking that both produce the same 
 attack's time is dominated by the model's forward/backward, so the two should be close.
 
 ``--sweep``: robust accuracy at eps in {0,1,2,4,8}/255 (L-inf; ``--norm l2`` for {0,0.125,0.25,0.5}) with
-PGD-20, alpha = 2.5 eps / 20, random start: ``vidcsl.attacks.robust_sweep`` (eps swept upward, only the
-samples still correct attacked, a sample dropped once misclassified) against a per-eps loop of
-torchattacks' PGD on the same inputs, in the same run: wall time of each and accuracies side by side.
+PGD-20, alpha = 2.5 eps / 20, no random start (``--random-start`` for one): ``vidcsl.attacks.robust_sweep``
+(eps swept upward, only the samples still correct attacked, a sample dropped once misclassified) against
+a per-eps loop of torchattacks' PGD on the same inputs, in the same run: wall time of each and
+accuracies side by side.
 Models: the demo's image model (small_cnn on 16x16 digits) and clip model (small_cnn3d on 8x32x32
 moving-digit clips), each trained here for 150 AdamW steps (or, for the image model, loaded
 from a supervised run with ``--image-checkpoint``), and ResNet-18-CIFAR with random weights (its labels
@@ -41,6 +42,7 @@ import torchattacks  # noqa: E402
 
 from vidcsl.attacks import robust_sweep  # noqa: E402
 from vidcsl.attacks.pgd import pgd  # noqa: E402
+from vidcsl.attacks.torchattacks_based import AsImages  # noqa: E402
 from vidcsl.models.registry import build_encoder  # noqa: E402
 from vidcsl.report.tables import to_markdown  # noqa: E402
 
@@ -157,7 +159,7 @@ def load_supervised(run_or_checkpoint: str, device) -> tuple[nn.Module, int]:
 def sweep_models(args, device) -> list[dict]:
     """(name, weights, model, x, y) of the three benchmarked models."""
     pick = 2 if args.small else 1 if device.type == "cuda" else 0
-    train_steps = args.train_steps if args.train_steps is not None else (60 if args.small else 150)
+    train_steps = args.train_steps if args.train_steps is not None else (100 if args.small else 150)
     cases = []
     if args.image_checkpoint:
         model, size = load_supervised(args.image_checkpoint, device)
@@ -192,9 +194,13 @@ def torchattacks_loop(model, x, y, *, norm, eps_list, steps, batch_size, random_
         hits[eps] = 0
         for i in range(0, x.shape[0], batch_size):
             xb, yb = x[i:i + batch_size].to(device), y[i:i + batch_size].to(device)
-            if eps > 0:
-                cls = torchattacks.PGD if norm == "linf" else torchattacks.PGDL2
-                xb = cls(model, eps=eps, alpha=2.5 * eps / steps, steps=steps, random_start=random_start)(xb, yb)
+            if eps > 0 and norm == "linf":
+                xb = torchattacks.PGD(model, eps=eps, alpha=2.5 * eps / steps, steps=steps,
+                                      random_start=random_start)(xb, yb)
+            elif eps > 0:  # PGDL2's random start is image-only: clips go as their (B, C*T, H, W) image view
+                images = xb.reshape(xb.shape[0], -1, *xb.shape[-2:])
+                xb = torchattacks.PGDL2(AsImages(model, xb.shape[1:]), eps=eps, alpha=2.5 * eps / steps, steps=steps,
+                                        random_start=random_start)(images, yb).view_as(xb)
             with torch.no_grad():
                 hits[eps] += int((model(xb).argmax(1) == yb).sum())
     return hits
@@ -242,7 +248,7 @@ def run_sweep(args, device) -> None:
     for case in tqdm(sweep_models(args, device), desc="models"):
         model, x, y = case["net"], case["x"], case["y"]
         kw = dict(norm=args.norm, eps_list=eps_list, steps=args.steps, batch_size=args.batch_size,
-                  random_start=not args.no_random_start, device=device)
+                  random_start=args.random_start, device=device)
         for fn in (torchattacks_loop, vidcsl_sweep):  # warm-up: first calls pay one-off setup
             fn(model, x[:2], y[:2], **{**kw, "eps_list": eps_list[-1:], "steps": 1})
         ta_t, theirs, ta_steps = measure(torchattacks_loop, model, x, y, kw, args.repeats or 1, device)
@@ -259,12 +265,12 @@ def run_sweep(args, device) -> None:
                          "acc_vidcsl_sweep": ours[eps] / n, "acc_torchattacks": theirs[eps] / n,
                          "not_weaker": ours[eps] <= theirs[eps]})
     title = (f"PGD-{args.steps} {args.norm} eps sweep: robust_sweep vs a per-eps torchattacks loop "
-             f"({'no ' if args.no_random_start else ''}random start)")
+             f"({'' if args.random_start else 'no '}random start)")
     text = f"# {title}\n\n{to_markdown(times, digits=3)}\n{to_markdown(accs, digits=4)}"
     print(text)
     meta = meta_of(device) | {"norm": args.norm, "steps": args.steps, "batch_size": args.batch_size,
                               "repeats": args.repeats or 1,
-                              "random_start": not args.no_random_start,
+                              "random_start": args.random_start,
                               "command": " ".join(["python", *sys.argv])}
     stem = "bench_attack_sweep" + ("_l2" if args.norm == "l2" else "") + ("_small" if args.small else "")
     write_results(args.out, stem, {"meta": meta, "times": times, "accuracy": accs}, text)
@@ -290,10 +296,12 @@ def main() -> None:
     ap.add_argument("--norm", choices=sorted(SWEEP_EPS), default="linf", help="--sweep: the norm swept")
     ap.add_argument("--batch-size", type=int, default=128, help="--sweep: samples per attacked batch")
     ap.add_argument("--train-steps", type=int, default=None,
-                    help="--sweep: training batches of each demo model (default 150, 60 with --small)")
+                    help="--sweep: training batches of each demo model (default 150, 100 with --small)")
     ap.add_argument("--image-checkpoint", default=None,
                     help="--sweep: a supervised embedded_digits run (or its checkpoint) instead of training here")
-    ap.add_argument("--no-random-start", action="store_true", help="--sweep: both attacks start at x")
+    ap.add_argument("--random-start", action="store_true",
+                    help="--sweep: both attacks start at a random point of the ball (default: at x, where the "
+                         "sweep is never weaker than torchattacks sample by sample; random starts add noise)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -126,6 +126,16 @@ def test_clips_go_through_torchattacks_attacks(classifier, inputs):
     assert_valid(adv, x, 0.2, "l2")
 
 
+def test_image_view_keeps_an_eval_model_in_eval(classifier, inputs):
+    """torchattacks re-enables training on a model it found training: the clip wrapper must not look so."""
+    from vidcsl.attacks.torchattacks_based import AsImages
+
+    model = classifier(dims=3)
+    x, y = inputs((2, 3, 2, 8, 8), model)
+    torchattacks.APGD(AsImages(model, x.shape[1:]), eps=0.1, steps=1)(x.reshape(2, -1, 8, 8), y)
+    assert not any(m.training for m in model.modules())
+
+
 def test_unknown_names_options_and_norms_are_config_errors(clip_set_classifier, inputs):
     model = clip_set_classifier()
     x, y = inputs((2, 2, 3, 2, 8, 8), model)

@@ -34,12 +34,17 @@ def load_torchattacks():
     return torchattacks
 
 
-class _AsImages(nn.Module):
-    """The model seen through the (B, -1, H, W) image view of its real input shape."""
+class AsImages(nn.Module):
+    """The model seen through the (B, -1, H, W) image view of its real input shape.
+
+    The wrapper takes the model's train/eval flag: torchattacks puts a model it found training back
+    into train mode after an attack, so a new (training) wrapper would flip an eval-mode model.
+    """
 
     def __init__(self, model: nn.Module, sample_shape: torch.Size):
         super().__init__()
         self.model, self.sample_shape = model, tuple(sample_shape)
+        self.training = model.training
 
     def forward(self, x: Tensor) -> Tensor:
         return self.model(x.reshape(x.shape[0], *self.sample_shape))
@@ -74,7 +79,7 @@ def run_torchattacks(name: str, model: nn.Module, x: Tensor, y: Tensor, norm: st
     images = x.detach().reshape(x.shape[0], -1, *x.shape[-2:])
     devices = [x.device] if x.device.type == "cuda" else []
     with frozen_for_attack(model, "eval"), torch.random.fork_rng(devices=devices):
-        attack = make(model if x.dim() == 4 else _AsImages(model, x.shape[1:]))
+        attack = make(model if x.dim() == 4 else AsImages(model, x.shape[1:]))
         with torch.enable_grad():
             adv = attack(images, y.detach())
     return adv.detach().reshape(x.shape).to(x.dtype)
