@@ -302,8 +302,12 @@ def main() -> None:
     ap.add_argument("--random-start", action="store_true",
                     help="--sweep: both attacks start at a random point of the ball (default: at x, where the "
                          "sweep is never weaker than torchattacks sample by sample; random starts add noise)")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: torch's; 1 gives steadier times on a shared machine)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
     args = ap.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if args.sweep:
         run_sweep(args, device)
