@@ -43,6 +43,15 @@ def _classifier(dims: int = 2, classes: int = 4, size: int = 8) -> nn.Module:
     return net.eval()
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one intra-op thread is faster, and steady when other processes load the CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def classifier():
     return _classifier

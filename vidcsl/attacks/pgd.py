@@ -28,7 +28,7 @@ ATTACK_MODES = ("eval", "train")
 NORMS = ("linf", "l2")
 INPUT_DIMS = {4: "images (B,C,H,W)", 5: "clips (B,C,T,H,W)", 6: "clip sets (B,K,C,T,H,W)"}
 DEFAULT_STEPS = 20
-DEFAULT_ALPHA_FACTOR = 2.5  # step size alpha = 2.5 * eps / steps (Madry et al. 2018's choice of step size)
+DEFAULT_ALPHA_FACTOR = 2.5  # step size alpha = 2.5 * eps / steps: the last steps can still cross the ball
 
 
 @contextmanager

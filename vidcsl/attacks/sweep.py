@@ -25,6 +25,8 @@ from vidcsl.attacks.pgd import (
     DEFAULT_ALPHA_FACTOR,
     DEFAULT_STEPS,
     check_input,
+    check_restarts,
+    default_alpha,
     frozen_for_attack,
     pgd_outcome,
 )
@@ -91,6 +93,8 @@ def robust_sweep(
     if clash:
         raise ConfigError(f"robust_sweep sets the pgd option(s) {clash} itself (alpha = alpha_factor * eps / "
                           "steps; a sample stops being attacked once misclassified)")
+    if spec.name == "pgd":
+        check_restarts(restarts, random_start)
     if steps < 1 or not alpha_factor > 0:
         raise ConfigError(f"robust_sweep needs steps >= 1 and alpha_factor > 0, got {steps}, {alpha_factor}")
     eps_sorted = _check_eps(eps_list)
@@ -103,9 +107,10 @@ def robust_sweep(
 
     def fooled_by_attack(xs: Tensor, ys: Tensor, eps: float) -> Tensor:
         if spec.name == "pgd":
-            return pgd_outcome(model, xs, ys, eps=eps, alpha=alpha_factor * eps / steps, steps=steps, norm=norm,
-                               random_start=random_start, restarts=restarts, early_stop=True,
-                               loss_scale=1.0 / x.shape[0], generator=generator, **options)[1]
+            alpha = default_alpha(eps, steps, alpha_factor)
+            return pgd_outcome(model, xs, ys, eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start,
+                               restarts=restarts, early_stop=True, loss_scale=1.0 / x.shape[0], generator=generator,
+                               **options)[1]
         adv = spec(model, xs, ys, eps=eps, norm=norm, **extra, **options)
         with torch.no_grad():
             return model(adv).argmax(1) != ys
