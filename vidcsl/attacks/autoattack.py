@@ -1,7 +1,9 @@
 """AutoAttack (Croce & Hein 2020) for final robust-accuracy numbers, through ``torchattacks.AutoAttack``.
 
-Optional: torchattacks is imported only when called, and its absence is a clear error. AutoAttack's
-published numbers are on images (B,C,H,W); torchattacks' implementation is image-only too.
+Optional: torchattacks is imported only when called, and its absence is a clear error. Clips and L-inf
+clip sets are attacked through their image view (``vidcsl.attacks.torchattacks_based``). The targeted
+attacks aim at the 9 highest-scoring wrong classes, as the official AutoAttack does. torchattacks 3.5
+builds the ensemble with its own defaults (e.g. APGD runs 10 steps, the official code 100).
 """
 
 from __future__ import annotations
@@ -10,20 +12,18 @@ import torch
 import torch.nn as nn
 
 from vidcsl.attacks.pgd import frozen_for_attack
+from vidcsl.attacks.torchattacks_based import (
+    TA_NORMS,
+    TARGET_CLASSES,
+    check_ta_input,
+    check_targeted,
+    load_torchattacks,
+    num_classes,
+    run_torchattacks,
+)
 
 Tensor = torch.Tensor
-_NORMS = {"linf": "Linf", "l2": "L2"}
 VERSIONS = ("standard", "plus", "rand")
-
-
-def _torchattacks():
-    try:
-        import torchattacks
-    except ImportError as err:  # pragma: no cover - exercised only where torchattacks is absent
-        raise ImportError(
-            "AutoAttack evaluation needs the optional package 'torchattacks' (pip install torchattacks>=3.5)"
-        ) from err
-    return torchattacks
 
 
 def autoattack(
@@ -33,29 +33,27 @@ def autoattack(
     *,
     eps: float,
     norm: str = "linf",
-    n_classes: int,
+    n_classes: int | None = None,
     version: str = "standard",
     seed: int = 0,
 ) -> Tensor:
     """Adversarial examples from AutoAttack on a classifier taking pixels in [0,1]; returns x_adv.
 
-    The model is evaluated in eval mode; its flags, buffers and ``requires_grad`` are restored after
-    (torchattacks alone would leave every submodule in train mode if the model was training).
+    ``n_classes`` defaults to the model's number of logits. The model is evaluated in eval mode; its
+    flags, buffers and ``requires_grad`` are restored after (torchattacks alone would leave every
+    submodule in train mode if the model was training).
     """
-    if norm not in _NORMS:
-        raise ValueError(f"norm must be one of {tuple(_NORMS)}, got {norm!r}")
+    check_ta_input("autoattack", x, y, norm)
     if version not in VERSIONS:
         raise ValueError(f"version must be one of {VERSIONS}, got {version!r}")
-    if x.dim() != 4:
-        raise ValueError(f"AutoAttack takes images (B,C,H,W), got shape {tuple(x.shape)}")
-    if n_classes < 2:
-        raise ValueError(f"n_classes must be >= 2, got {n_classes}")
-    ta = _torchattacks()
-    with frozen_for_attack(model, "eval"):
-        attack = ta.AutoAttack(model, norm=_NORMS[norm], eps=eps, version=version, n_classes=n_classes, seed=seed)
-        with torch.enable_grad():
-            adv = attack(x.detach(), y.detach())
-    return adv.detach().to(x.dtype)
+    n = num_classes(model, x) if n_classes is None else n_classes
+    if n < 2:
+        raise ValueError(f"n_classes must be >= 2, got {n}")
+    if version != "rand":  # the 'rand' version has no targeted attack
+        check_targeted(f"AutoAttack ({version})", n)
+    ta = load_torchattacks()
+    return run_torchattacks("autoattack", model, x, y, norm, lambda m: ta.AutoAttack(
+        m, norm=TA_NORMS[norm], eps=eps, version=version, n_classes=min(n, TARGET_CLASSES + 1), seed=seed))
 
 
 @torch.no_grad()
@@ -66,7 +64,7 @@ def autoattack_accuracy(
     *,
     eps: float,
     norm: str = "linf",
-    n_classes: int,
+    n_classes: int | None = None,
     version: str = "standard",
     seed: int = 0,
     batch_size: int = 256,
