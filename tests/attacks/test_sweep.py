@@ -7,6 +7,7 @@ import dataclasses
 import pytest
 import torch
 import torchattacks
+from torch import nn
 
 import vidcsl.attacks.sweep as sweep_module
 from vidcsl.attacks import clean_correct, robust_sweep
@@ -157,3 +158,27 @@ def test_sweep_rejects_bad_arguments(classifier, inputs):
         robust_sweep(model, x, y, norm="linf", eps_list=[0.1], mode="train")
     with pytest.raises(ValueError, match="random_start"):
         robust_sweep(model, x, y, norm="linf", eps_list=[0.1], restarts=2, random_start=False)
+
+
+class NaNAwayFromInput(nn.Module):
+    """Logits favour class 0 everywhere, and turn NaN as soon as the input moves off the clean image:
+    a model whose gradient/outputs break under attack. NaN logits must never count as correct."""
+
+    def __init__(self, x0: torch.Tensor):
+        super().__init__()
+        self.register_buffer("x0", x0.clone())
+
+    def forward(self, x):
+        moved = (x - self.x0[: x.shape[0]]).flatten(1).abs().amax(1) > 0
+        logits = torch.zeros(x.shape[0], 3, device=x.device) + torch.tensor([1.0, 0.0, 0.0]) + 0 * x.sum()
+        return torch.where(moved[:, None], torch.full_like(logits, float("nan")), logits)
+
+
+def test_non_finite_logits_count_as_broken_never_as_robust():
+    x = torch.rand(4, 3, 8, 8)
+    y = torch.zeros(4, dtype=torch.long)  # argmax of an all-NaN row is 0: would look "correct"
+    model = NaNAwayFromInput(x).eval()
+    out = robust_sweep(model, x, y, norm="linf", eps_list=[0.0, 2 / 255], steps=2, random_start=True,
+                       generator=torch.Generator().manual_seed(0))
+    assert out[0.0].all()  # clean: finite logits, correct
+    assert not out[2 / 255].any()  # moved off the image: NaN logits, counted as broken

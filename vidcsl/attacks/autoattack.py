@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from vidcsl.attacks.pgd import frozen_for_attack
+from vidcsl.attacks.pgd import frozen_for_attack, predicts
 from vidcsl.attacks.torchattacks_based import (
     TA_NORMS,
     TARGET_CLASSES,
@@ -77,5 +77,5 @@ def autoattack_accuracy(
         xb, yb = x[start:start + batch_size], y[start:start + batch_size]
         adv = autoattack(model, xb, yb, eps=eps, norm=norm, n_classes=n_classes, version=version, seed=seed)
         with frozen_for_attack(model, "eval"):
-            correct += (model(adv).argmax(1) == yb).sum().item()
+            correct += predicts(model(adv), yb).sum().item()
     return correct / x.shape[0]

@@ -31,6 +31,13 @@ DEFAULT_STEPS = 20
 DEFAULT_ALPHA_FACTOR = 2.5  # step size alpha = 2.5 * eps / steps: the last steps can still cross the ball
 
 
+def predicts(logits: Tensor, y: Tensor) -> Tensor:
+    """Bool per sample: the prediction is ``y`` and every logit is finite. An input that drives the model
+    to NaN / inf (e.g. an attack that followed a non-finite gradient, which ``pgd_step`` turns into NaN)
+    counts as misclassified, never as robust."""
+    return (logits.argmax(1) == y) & torch.isfinite(logits).all(1)
+
+
 @contextmanager
 def frozen_for_attack(model: nn.Module, mode: str = "eval") -> Iterator[nn.Module]:
     """Run ``model`` in ``mode`` for an attack, then put every flag and buffer back as it was.
@@ -163,7 +170,7 @@ def _pgd_until_fooled(model: nn.Module, x: Tensor, y: Tensor, eps: float, alpha:
         with torch.set_grad_enabled(not last):
             adv.requires_grad_(not last)
             logits = model(adv)
-            wrong = logits.argmax(1) != y_a
+            wrong = ~predicts(logits, y_a)
             n_wrong = int(wrong.sum())  # the one host sync of a step
             if n_wrong:
                 out[active[wrong]] = adv.detach()[wrong]
@@ -237,7 +244,7 @@ def pgd_outcome(
         adv = maximize(lambda a: loss_fn(model(a), ys), xs, eps=eps, alpha=alpha, steps=steps, norm=norm,
                        random_init=random_start, generator=generator)
         with torch.no_grad():
-            return adv, model(adv).argmax(1) != ys
+            return adv, ~predicts(model(adv), ys)
 
     return with_restarts(run, x, y, restarts)
 

@@ -29,6 +29,7 @@ from vidcsl.attacks.pgd import (
     default_alpha,
     frozen_for_attack,
     pgd_outcome,
+    predicts,
 )
 from vidcsl.attacks.registry import attack_by_name
 from vidcsl.errors import ConfigError
@@ -43,7 +44,7 @@ def clean_correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """(B,) bool on CPU: the model (in eval mode, state restored) classifies sample i correctly."""
     check_input(x, y)
     with frozen_for_attack(model, "eval"):
-        return (model(x).argmax(1) == y).detach().to("cpu", copy=True)
+        return predicts(model(x), y).detach().to("cpu", copy=True)
 
 
 def _check_eps(eps_list: list[float]) -> list[float]:
@@ -113,7 +114,7 @@ def robust_sweep(
                                **options)[1]
         adv = spec(model, xs, ys, eps=eps, norm=norm, **extra, **options)
         with torch.no_grad():
-            return model(adv).argmax(1) != ys
+            return ~predicts(model(adv), ys)
 
     robust = clean.to(x.device).clone()
     outcome: dict[float, Tensor] = {}

@@ -28,7 +28,7 @@ from torch.utils.data import Dataset
 
 from vidcsl.config import IMAGE_KINDS, bounded, choices
 from vidcsl.errors import ConfigError, DataError
-from vidcsl.robustness.measures import AUTOATTACK, EMPTY_CORRUPTIONS, MeasurePlan, Sweep, check_attack_names
+from vidcsl.robustness.measures import AUTOATTACK, EMPTY_CORRUPTIONS, MeasurePlan, Sweep
 from vidcsl.robustness.outcomes import FILE_NAME as OUTCOMES_FILE
 from vidcsl.robustness.protocols import PROTOCOLS
 
@@ -98,7 +98,7 @@ class EvalConfig:
                 raise ConfigError(f"config key 'eval.{key}' repeats an eps: {values}")
         if not self.attacks or len(set(self.attacks)) != len(self.attacks):
             raise ConfigError(f"config key 'eval.attacks' must list distinct attack names, got {self.attacks}")
-        check_attack_names(self.attacks)
+        self.check_attacks()
         if not self.sweep_attacks():
             raise ConfigError(f"config key 'eval.attacks' needs an eps-sweep attack (e.g. pgd) besides autoattack, "
                               f"got {self.attacks}")
@@ -124,6 +124,21 @@ class EvalConfig:
                                   f"known: {sorted(CORRUPTIONS)}")
         _check_probe_overrides(self.probe)
         _check_device(self.device)
+
+    def check_attacks(self, is_video: bool = False) -> None:
+        """Every attack is known, and every sweep attack supports every norm of the sweep, on clip sets too
+        when a video run's video level is attacked (ConfigError naming 'eval.attacks')."""
+        from vidcsl.attacks import attack_by_name
+
+        clip_sets = is_video and "video" in self.levels and "attacks" in self.video_level_measures
+        try:
+            for name in self.attacks:
+                attack_by_name(name)
+            for name in self.sweep_attacks():
+                for norm in self.norms:
+                    attack_by_name(name).check(norm=norm, ndim=6 if clip_sets else None)
+        except ConfigError as err:
+            raise ConfigError(f"config key 'eval.attacks': {err}") from None
 
     def sweep_attacks(self) -> list[str]:
         return [a for a in self.attacks if a != AUTOATTACK]
@@ -351,6 +366,7 @@ def evaluate_run(run_or_checkpoint: str | os.PathLike, ecfg: EvalConfig | None =
     run = load_run(run_or_checkpoint, device)
     cfg = run.cfg
     is_video = cfg.data.kind not in IMAGE_KINDS
+    ecfg.check_attacks(is_video)  # before any probe is fitted
     protocols, skipped = build_protocols(run.method, cfg, run.checkpoint, run.run_dir, ecfg, is_video, device)
     data = eval_data(cfg, ecfg)
     plan = build_plan(ecfg, data, {name: p.classifier for name, p in protocols.items()})

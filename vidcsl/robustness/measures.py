@@ -22,14 +22,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from vidcsl.errors import ConfigError, UsageError
+from vidcsl.attacks import ATTACKS, robust_sweep
+from vidcsl.attacks.pgd import predicts
+from vidcsl.errors import UsageError
 from vidcsl.robustness.outcomes import OutcomeRecorder, Outcomes, outcome_key
 
 Tensor = torch.Tensor
 AUTOATTACK = "autoattack"
-# The attack registry's names (``vidcsl.attacks.ATTACKS``), used while that registry is not importable.
-KNOWN_ATTACKS = ("pgd", "fgsm", "apgd-ce", "apgd-t", "autoattack", "cw-l2")
-_FALLBACK_SWEEP_ATTACKS = ("pgd", "fgsm")
 EMPTY_CORRUPTIONS: dict[str, Any] = {"n_samples": 0, "per_corruption": [], "corruption_mean": {}, "family_mean": {},
                                      "mean": None}
 
@@ -71,104 +70,16 @@ def level_inputs(x: Tensor, levels: Sequence[str]) -> dict[str, Tensor]:
 @torch.no_grad()
 def correct(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
     """Bool (B,) on CPU: the model's prediction is the label."""
-    return (model(x).argmax(1) == y).cpu()
+    return predicts(model(x), y).cpu()
 
 
 # --------------------------------------------------------------------------------- the attack adapters
 
 
-def attack_names() -> list[str]:
-    """Names of the attacks ``vidcsl.attacks.ATTACKS`` provides (the documented list until it exists)."""
-    try:
-        from vidcsl.attacks import ATTACKS
-    except ImportError:
-        return list(KNOWN_ATTACKS)
-    return list(ATTACKS)
-
-
-def check_attack_names(names: Sequence[str], key: str = "eval.attacks") -> None:
-    """ConfigError naming ``key`` and the known attacks when a name is unknown (before anything runs)."""
-    known = attack_names()
-    unknown = [n for n in names if n not in known]
-    if unknown:
-        raise ConfigError(f"config key '{key}' names unknown attacks {unknown}; known: {', '.join(known)}")
-    try:
-        from vidcsl.attacks import robust_sweep  # noqa: F401
-    except ImportError:
-        slow = [n for n in names if n != AUTOATTACK and n not in _FALLBACK_SWEEP_ATTACKS]
-        if slow:
-            raise ConfigError(f"config key '{key}': this installation sweeps eps with "
-                              f"{', '.join(_FALLBACK_SWEEP_ATTACKS)} only, not {slow}") from None
-
-
-class _ClipsAsBatch(nn.Module):
-    """(B*K, C, T, H, W) -> the video-level model's (B, classes): lets a clip attack perturb clip sets."""
-
-    def __init__(self, video_model: nn.Module, k: int):
-        super().__init__()
-        self.video_model, self.k = video_model, k
-
-    def forward(self, flat: Tensor) -> Tensor:
-        return self.video_model(flat.view(-1, self.k, *flat.shape[1:]))
-
-
-def _sweep(model: nn.Module, x: Tensor, y: Tensor, *, norm: str, eps_list: Sequence[float], attack: str = "pgd",
-           steps: int = 20, alpha_factor: float = 2.5, random_start: bool = True, restarts: int = 1,
-           generator: torch.Generator | None = None, mode: str = "eval", **options: Any) -> dict[float, Tensor]:
-    """``{eps: bool (B,) on CPU}``, "still correct" after an upward eps sweep (eps 0 = clean).
-
-    This is ``vidcsl.attacks.robust_sweep``'s interface and calls it when it is importable. Otherwise it
-    loops over eps with ``vidcsl.attacks.pgd.pgd``: a sample wrong clean or broken at a smaller eps is not
-    attacked again (an example inside a smaller ball lies inside every larger one), and a sample is broken
-    when any of ``restarts`` starts breaks it. Clip sets (B, K, C, T, H, W) are attacked as B*K clips through
-    the video-level model, so each clip has its own eps-ball: exact for L-inf (elementwise); for L2 each
-    clip's perturbation has norm <= eps.
-    """
-    try:
-        from vidcsl.attacks import robust_sweep
-    except ImportError:
-        robust_sweep = None
-    if robust_sweep is not None:
-        return robust_sweep(model, x, y, norm=norm, eps_list=list(eps_list), attack=attack, steps=steps,
-                            alpha_factor=alpha_factor, random_start=random_start, restarts=restarts,
-                            generator=generator, mode=mode, **options)
-    from vidcsl.attacks.pgd import pgd
-
-    if attack not in _FALLBACK_SWEEP_ATTACKS:
-        raise UsageError(f"attack {attack!r} needs vidcsl.attacks.robust_sweep; here: {_FALLBACK_SWEEP_ATTACKS}")
-    flat, k = (_ClipsAsBatch(model, x.shape[1]), x.shape[1]) if x.dim() == 6 else (model, 1)
-    ok = correct(model, x, y).to(x.device)
-    out: dict[float, Tensor] = {}
-    for eps in sorted(set(float(e) for e in eps_list)):
-        todo = ok.nonzero().squeeze(1)
-        for _ in range(restarts if eps > 0 else 0):
-            if todo.numel() == 0:
-                break
-            xs, ys = x[todo], y[todo]
-            xin = xs.flatten(0, 1) if k > 1 else xs
-            one = attack == "fgsm"
-            adv = pgd(flat, xin, ys.repeat_interleave(k), eps=eps, alpha=eps if one else alpha_factor * eps / steps,
-                      steps=1 if one else steps, norm=norm, random_start=random_start and not one,
-                      loss=lambda logits, _y, ys=ys: F.cross_entropy(logits, ys), generator=generator, mode=mode)
-            still = correct(model, adv.view_as(xs), ys).to(x.device)
-            ok[todo[~still]] = False
-            todo = todo[still]
-            if one:
-                break
-        out[eps] = ok.cpu().clone()
-    return {float(e): out[float(e)] for e in eps_list}
-
-
 def _autoattack(model: nn.Module, x: Tensor, y: Tensor, *, eps: float, norm: str, n_classes: int, version: str,
                 seed: int) -> Tensor:
     """AutoAttack's adversarial examples through the registry's call shape (torchattacks underneath)."""
-    try:
-        from vidcsl.attacks import ATTACKS
-
-        fn = ATTACKS[AUTOATTACK]
-    except ImportError:
-        from vidcsl.attacks.autoattack import autoattack as fn
-    return fn(model, x, y, eps=eps, norm=norm, n_classes=n_classes, version=version, seed=seed)
+    return ATTACKS[AUTOATTACK](model, x, y, eps=eps, norm=norm, n_classes=n_classes, version=version, seed=seed)
 
 
 # ------------------------------------------------------------------------------------------- the plan
@@ -309,7 +220,7 @@ def correct_per_level(classifier: nn.Module, x: Tensor, y: Tensor, levels: Seque
         return {"clip": correct(classifier, centre_clip(x), y)}
     b, k = x.shape[:2]
     logits = classifier(x.flatten(0, 1)).view(b, k, -1)
-    out = {"clip": (logits[:, k // 2].argmax(1) == y).cpu(), "video": (logits.mean(1).argmax(1) == y).cpu()}
+    out = {"clip": predicts(logits[:, k // 2], y).cpu(), "video": predicts(logits.mean(1), y).cpu()}
     return {level: out[level] for level in levels}
 
 
@@ -317,7 +228,8 @@ def _measure_protocol(rec: OutcomeRecorder, plan: MeasurePlan, gens: dict[str, t
                       classifier: nn.Module, x: Tensor, x_cpu: Tensor, y: Tensor, start: int, n_corr: int) -> None:
     """Every measure of one protocol on one batch (samples ``start ..``), at every level the batch feeds."""
     inputs = level_inputs(x, plan.levels)
-    for level, ok in correct_per_level(classifier, x, y, list(inputs)).items():
+    clean = correct_per_level(classifier, x, y, list(inputs))
+    for level, ok in clean.items():
         rec.add(outcome_key(protocol, level, "clean"), ok, start)
     for level, xin in inputs.items():
         if not plan.runs_at("attacks", level):
@@ -327,9 +239,9 @@ def _measure_protocol(rec: OutcomeRecorder, plan: MeasurePlan, gens: dict[str, t
         for sw in plan.sweeps:
             name = f"{protocol}/{level}/{sw.attack}/{sw.norm}"
             gen = gens.setdefault(name, _generator(x.device, plan.seed, name))
-            res = _sweep(model, xin, y, norm=sw.norm, eps_list=sw.all_eps(), attack=sw.attack, steps=plan.steps,
-                         alpha_factor=plan.alpha_factor, random_start=plan.random_start, restarts=plan.restarts,
-                         generator=gen)
+            res = robust_sweep(model, xin, y, norm=sw.norm, eps_list=sw.all_eps(), attack=sw.attack,
+                               steps=plan.steps, alpha_factor=plan.alpha_factor, random_start=plan.random_start,
+                               restarts=plan.restarts, generator=gen, clean=clean[level])
             for eps, ok in res.items():
                 rec.add(key(sw.attack, norm=sw.norm, eps=eps), ok, start)
         aa = plan.autoattack
