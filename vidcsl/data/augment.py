@@ -35,6 +35,85 @@ def to_float_ctwh(frames: torch.Tensor) -> torch.Tensor:
     return out.transpose(-4, -3).contiguous()
 
 
+# -- colour ops with one factor per sample ------------------------------------------------------------------
+# torchvision's functional colour ops take one factor for a whole tensor. These take a batch (N, ..., C, H, W)
+# and N factors, one per sample, and compute per sample exactly what torchvision computes (the same float32
+# operations in the same order, so uint8 results are bit-identical; tests/data/test_augment.py checks it): a
+# batch of images costs a few tensor ops instead of a few dozen per image.
+def _per_sample(factors, x: torch.Tensor) -> torch.Tensor:
+    """N factors (python floats) -> float32 (N, 1, ..., 1) broadcasting over the other dims of ``x``."""
+    return torch.tensor(factors, dtype=torch.float32).view(-1, *([1] * (x.dim() - 1)))
+
+
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's grayscale in float (``_rgb_to_grayscale_image(..., preserve_dtype=False)``), floored for
+    integer images as its contrast and saturation do: (..., 1, H, W)."""
+    r, g, b = x.unbind(dim=-3)
+    gray = r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(-3)
+    return gray if x.is_floating_point() else gray.floor_()
+
+
+def _back_to(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Clamp to the dtype's range and cast back (integer images truncate, as torchvision does)."""
+    out = out.clamp_(0, 1.0 if like.is_floating_point() else 255)
+    return out if like.is_floating_point() else out.to(like.dtype)
+
+
+def _blend(x: torch.Tensor, other: torch.Tensor, factors) -> torch.Tensor:
+    """``x * f + other * (1 - f)`` per sample, one sample at a time: torchvision's ``_blend`` passes ``1 - f`` as
+    a scalar ``alpha`` (a fused multiply-add), which a per-sample tensor cannot reproduce bit for bit."""
+    out = torch.empty(x.shape, dtype=torch.float32)
+    for i, f in enumerate(factors):
+        torch.add(x[i].mul(float(f)), other[i], alpha=1.0 - float(f), out=out[i])
+    return _back_to(out, x)
+
+
+def adjust_brightness_each(x: torch.Tensor, factors) -> torch.Tensor:
+    """Per-sample ``F.adjust_brightness``: (N, ..., C, H, W) uint8 or float in [0, 1], N factors >= 0."""
+    return _back_to(x.mul(_per_sample(factors, x)), x)
+
+
+def adjust_contrast_each(x: torch.Tensor, factors) -> torch.Tensor:
+    """Per-sample ``F.adjust_contrast``: blend with the mean grey level of each image (each frame of a clip)."""
+    mean = _luma(x).mean(dim=(-3, -2, -1), keepdim=True)
+    return _blend(x, mean, factors)
+
+
+def adjust_saturation_each(x: torch.Tensor, factors) -> torch.Tensor:
+    """Per-sample ``F.adjust_saturation``: blend with the grey image."""
+    return _blend(x, _luma(x), factors)
+
+
+def adjust_hue_each(x: torch.Tensor, factors) -> torch.Tensor:
+    """Per-sample ``F.adjust_hue``: shift the hue of sample i by factors[i] in [-0.5, 0.5] (through HSV)."""
+    from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+
+    img = F.to_dtype(x, torch.float32, scale=True)
+    h, s, v = _rgb_to_hsv(img).unbind(dim=-3)
+    h = h.add_(_per_sample(factors, h)).remainder_(1.0)
+    return F.to_dtype(_hsv_to_rgb(torch.stack((h, s, v), dim=-3)), x.dtype, scale=True)
+
+
+COLOUR_OPS_EACH = (adjust_brightness_each, adjust_contrast_each, adjust_saturation_each, adjust_hue_each)
+
+
+def color_jitter_each(x: torch.Tensor, orders: list, factors: list) -> torch.Tensor:
+    """Colour jitter with per-sample draws, as torchvision's ColorJitter applies it to each sample alone.
+
+    ``orders[i]``: the order of the four ops for sample i (brightness, contrast, saturation, hue = 0..3);
+    ``factors[i]``: their four factors (None = that op is off). Samples are grouped by the op they apply at
+    each position, so every op runs once per position on the samples that need it.
+    """
+    x = x.clone()
+    for position in range(4):
+        for op, adjust in enumerate(COLOUR_OPS_EACH):
+            rows = [i for i, order in enumerate(orders) if order[position] == op and factors[i][op] is not None]
+            if rows:
+                index = torch.tensor(rows)
+                x[index] = adjust(x[index], [factors[i][op] for i in rows])
+    return x
+
+
 # -- random ops on (T, C, H, W) ----------------------------------------------------------------------------
 class RandomResizedCrop:
     """torchvision's RandomResizedCrop parameter draw (area ``scale``, aspect ``ratio``), one box per clip."""

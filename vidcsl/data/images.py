@@ -13,12 +13,15 @@ import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+
+from vidcsl.data.epoch import SharedEpoch
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 
@@ -166,8 +169,159 @@ def _finish() -> list:
     return [v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()]
 
 
+def _plain(img) -> torch.Tensor:
+    """An image as a plain CHW tensor (see :func:`to_image_tensor`)."""
+    return to_image_tensor(img).as_subclass(torch.Tensor)
+
+
+def _chance(p: float, generator: torch.Generator | None) -> bool:
+    """True with probability p, drawn as torchvision's random-apply transforms draw it."""
+    return not bool(torch.rand(1, generator=generator) >= p)
+
+
+def _uniform(low, high, generator: torch.Generator | None) -> float:
+    return float(torch.empty(1).uniform_(low, high, generator=generator).item())
+
+
+class BatchTransform:
+    """An image transform that draws its random parameters per image and applies them to many images at once.
+
+    ``draw(height, width, generator)`` makes one image's draws, from ``generator`` (torch's global RNG when
+    None); ``apply(images, params)`` transforms a list of uint8 CHW images with their draws into one float
+    (N, C, size, size) batch in [0, 1]. Calling the transform on one image draws and applies at once, so
+    ``ImageDataset`` gets the same views one at a time (``__getitem__``) or a batch at a time (``__getitems__``,
+    which DataLoader uses): per-image tensor ops dominate at small image sizes, and a batch shares them.
+    """
+
+    random = True  # False: draw() takes no randomness, so nothing needs seeding
+
+    def draw(self, height: int, width: int, generator: torch.Generator | None = None) -> Any:
+        raise NotImplementedError
+
+    def apply(self, images: list[torch.Tensor], params: list) -> torch.Tensor:
+        raise NotImplementedError
+
+    def __call__(self, img, generator: torch.Generator | None = None) -> torch.Tensor:
+        x = _plain(img)
+        return self.apply([x], [self.draw(x.shape[-2], x.shape[-1], generator)])[0]
+
+
+@dataclass(frozen=True)
+class _SimCLRDraw:
+    box: tuple[int, int, int, int]  # top, left, height, width of the resized crop
+    flip: bool
+    jitter: tuple[list[int], tuple] | None  # (order of the four colour ops, their factors) or None: no jitter
+    gray: bool
+    blur_sigma: float | None
+
+
+class SimCLRTransform(BatchTransform):
+    """SimCLR's augmentation (Chen et al. 2020), drawn and applied exactly as this torchvision v2 pipeline does:
+
+        RandomResizedCrop(size, scale) -> RandomHorizontalFlip() -> RandomApply([ColorJitter(b, c, s, h)], p=0.8)
+        -> RandomGrayscale(p=0.2) [-> RandomApply([GaussianBlur(kernel, (0.1, 2.0))], p=0.5)] -> float in [0, 1]
+
+    The same random numbers are drawn in the same order and the same float operations give bit-identical
+    views (tests/data/test_images.py compares them), but a batch of images costs a few tensor ops per step
+    instead of a few dozen per image: crops and blur run per image, flips, jitter and grayscale per batch.
+    """
+
+    def __init__(self, size: int, strength: float, scale: tuple[float, float], blur: bool):
+        self.size, self.scale, self.ratio = size, tuple(scale), (3 / 4, 4 / 3)
+        self._log_ratio = torch.log(torch.tensor(self.ratio))
+        s = strength
+        self.jitter_ranges = (_jitter_range(0.4 * s, 1.0, 0.0), _jitter_range(0.4 * s, 1.0, 0.0),
+                              _jitter_range(0.4 * s, 1.0, 0.0), _jitter_range(min(0.1 * s, 0.5), 0.0, None))
+        self.blur_kernel = max(3, int(0.1 * size) // 2 * 2 + 1) if blur else None  # ~10% of the image, odd
+
+    def _box(self, height: int, width: int, g) -> tuple[int, int, int, int]:
+        """torchvision's RandomResizedCrop.make_params (area ``scale``, log-uniform aspect ``ratio``)."""
+        area = height * width
+        for _ in range(10):
+            target_area = area * torch.empty(1).uniform_(self.scale[0], self.scale[1], generator=g).item()
+            aspect = torch.exp(torch.empty(1).uniform_(self._log_ratio[0], self._log_ratio[1], generator=g)).item()
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                top = torch.randint(0, height - h + 1, size=(1,), generator=g).item()
+                left = torch.randint(0, width - w + 1, size=(1,), generator=g).item()
+                return top, left, h, w
+        in_ratio = float(width) / float(height)  # fallback: central crop
+        if in_ratio < min(self.ratio):
+            w, h = width, int(round(width / min(self.ratio)))
+        elif in_ratio > max(self.ratio):
+            h, w = height, int(round(height * max(self.ratio)))
+        else:
+            w, h = width, height
+        return (height - h) // 2, (width - w) // 2, h, w
+
+    def draw(self, height: int, width: int, generator: torch.Generator | None = None) -> _SimCLRDraw:
+        g = generator
+        box = self._box(height, width, g)
+        flip = _chance(0.5, g)
+        jitter = None
+        if _chance(0.8, g):
+            order = torch.randperm(4, generator=g).tolist()
+            jitter = order, tuple(None if r is None else _uniform(*r, g) for r in self.jitter_ranges)
+        gray = _chance(0.2, g)
+        sigma = _uniform(0.1, 2.0, g) if self.blur_kernel and _chance(0.5, g) else None
+        return _SimCLRDraw(box, flip, jitter, gray, sigma)
+
+    def apply(self, images: list[torch.Tensor], params: list[_SimCLRDraw]) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        from vidcsl.data.augment import color_jitter_each
+
+        size = [self.size, self.size]
+        x = torch.stack([F.resized_crop(img, *p.box, size, antialias=True) for img, p in zip(images, params)])
+
+        def rows(pick) -> torch.Tensor:
+            return torch.tensor([i for i, p in enumerate(params) if pick(p)], dtype=torch.long)
+
+        if len(flip := rows(lambda p: p.flip)):
+            x[flip] = F.horizontal_flip(x[flip])
+        if len(jit := rows(lambda p: p.jitter is not None)):
+            x[jit] = color_jitter_each(x[jit], [params[i].jitter[0] for i in jit.tolist()],
+                                       [params[i].jitter[1] for i in jit.tolist()])
+        if len(gray := rows(lambda p: p.gray)):
+            x[gray] = F.rgb_to_grayscale(x[gray], num_output_channels=x.shape[-3])
+        for i, p in enumerate(params):
+            if p.blur_sigma is not None:
+                k = self.blur_kernel
+                x[i] = F.gaussian_blur(x[i], [k, k], [p.blur_sigma, p.blur_sigma])
+        return F.to_dtype(x, torch.float32, scale=True)
+
+
+def _jitter_range(amount: float, centre: float, floor: float | None) -> tuple[float, float] | None:
+    """torchvision's ColorJitter range for ``amount`` around ``centre`` (None when it is empty)."""
+    low, high = centre - amount, centre + amount
+    if floor is not None:
+        low = max(low, floor)
+    return None if low == high == centre else (float(low), float(high))
+
+
+class EvalTransform(BatchTransform):
+    """Deterministic: resize the short side to ``size`` and centre crop (none when ``size`` is None), to float."""
+
+    random = False
+
+    def __init__(self, size: int | None):
+        self.size = size
+
+    def draw(self, height: int, width: int, generator: torch.Generator | None = None) -> None:
+        return None
+
+    def apply(self, images: list[torch.Tensor], params: list) -> torch.Tensor:
+        from torchvision.transforms.v2 import functional as F
+
+        if self.size is not None:
+            s = self.size
+            images = [F.center_crop(F.resize(img, [s], antialias=True), [s, s]) for img in images]
+        return F.to_dtype(torch.stack(images), torch.float32, scale=True)
+
+
 def simclr_transform(size: int, strength: float = 1.0, *, blur: bool = False,
-                     scale: tuple[float, float] | None = None) -> Callable:
+                     scale: tuple[float, float] | None = None) -> SimCLRTransform:
     """SimCLR augmentation: random resized crop, flip, colour jitter (p 0.8), grayscale (p 0.2), optional blur.
 
     Small images (<= 64 px) crop with scale (0.2, 1) rather than (0.08, 1): tiny crops of 32 px images
@@ -177,18 +331,7 @@ def simclr_transform(size: int, strength: float = 1.0, *, blur: bool = False,
         raise ValueError(f"simclr_transform needs size > 0 and strength >= 0, got size={size}, strength={strength}")
     if scale is None:
         scale = (0.2, 1.0) if size <= 64 else (0.08, 1.0)
-    s = strength
-    ops = [
-        v2.Lambda(to_image_tensor),
-        v2.RandomResizedCrop(size, scale=scale, antialias=True),
-        v2.RandomHorizontalFlip(),
-        v2.RandomApply([v2.ColorJitter(0.4 * s, 0.4 * s, 0.4 * s, min(0.1 * s, 0.5))], p=0.8),
-        v2.RandomGrayscale(p=0.2),
-    ]
-    if blur:
-        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)  # ~10% of the image, odd
-        ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=0.5))
-    return v2.Compose(ops + _finish())
+    return SimCLRTransform(size, strength, scale, blur)
 
 
 def supervised_transform(size: int) -> Callable:
@@ -205,12 +348,11 @@ def supervised_transform(size: int) -> Callable:
     ])
 
 
-def eval_transform(size: int) -> Callable:
+def eval_transform(size: int) -> EvalTransform:
     """Deterministic: resize the short side to ``size``, centre crop, to float in [0, 1]."""
     if size <= 0:
         raise ValueError(f"eval_transform needs size > 0, got {size}")
-    return v2.Compose([v2.Lambda(to_image_tensor), v2.Resize(size, antialias=True), v2.CenterCrop(size),
-                       *_finish()])
+    return EvalTransform(size)
 
 
 # --------------------------------------------------------------------------------------------- dataset
@@ -235,15 +377,19 @@ class ImageDataset(Dataset):
             raise ValueError(f"{len(images)} images but labels of shape {labels.shape}")
         self.images = images
         self.labels = labels
-        self.transform = transform if transform is not None else v2.Compose([v2.Lambda(to_image_tensor),
-                                                                             *_finish()])
+        self.transform = transform if transform is not None else EvalTransform(None)
         self.two_views = two_views
         self.seed = seed
-        self.epoch = 0
+        self._epoch = SharedEpoch()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def set_epoch(self, epoch: int) -> None:
-        """New augmentation draws every epoch (the trainer calls this before each epoch)."""
-        self.epoch = epoch
+        """New augmentation draws every epoch (the trainer calls this before each epoch; DataLoader workers
+        that persist across epochs see it too)."""
+        self._epoch.set(epoch)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -252,11 +398,39 @@ class ImageDataset(Dataset):
         img = self.images[i]
         return read_image_file(img) if isinstance(img, Path) else img
 
+    def _seed(self, i: int) -> int:
+        return (self.seed * 1_000_003 + self.epoch) * 10_000_019 + i
+
     def __getitem__(self, i: int):
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list:
+        """The samples at ``indices`` (DataLoader fetches a batch through this): a :class:`BatchTransform`
+        draws per sample from the sample's own generator and transforms the batch at once."""
+        indices = [int(i) for i in indices]
+        if not isinstance(self.transform, BatchTransform):
+            return [self._one(i) for i in indices]
+        tf, views = self.transform, 2 if self.two_views else 1
+        images, params = [], []
+        for i in indices:
+            img = _plain(self._raw(i))
+            g = torch.Generator().manual_seed(self._seed(i)) if tf.random else None
+            for _ in range(views):
+                images.append(img)
+                params.append(tf.draw(img.shape[-2], img.shape[-1], g))
+        out = tf.apply(images, params) if images else []
+        labels = [int(self.labels[i]) for i in indices]
+        if self.two_views:
+            return [((out[2 * k], out[2 * k + 1]), y) for k, y in enumerate(labels)]
+        return [(out[k], y) for k, y in enumerate(labels)]
+
+    def _one(self, i: int):
+        """One sample through any other transform (e.g. a torchvision pipeline), which draws from torch's
+        global RNG: seeded per sample inside ``fork_rng``, so the caller's RNG state is left as it was."""
         img = self._raw(i)
         label = int(self.labels[i])
-        with torch.random.fork_rng(devices=[]):  # torchvision v2 draws from torch's global RNG
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch) * 10_000_019 + i)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(self._seed(i))  # CPU only: torch.manual_seed costs ~0.2 ms
             if self.two_views:
                 return (self.transform(img), self.transform(img)), label
             return self.transform(img), label

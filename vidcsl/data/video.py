@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate
 
+from vidcsl.data.epoch import SharedEpoch
 from vidcsl.data.sampling import random_clip, two_clips, uniform_clips
 from vidcsl.data.trust import StreamFacts, decord_misreads, recorded_misread
 from vidcsl.errors import DataError
@@ -319,7 +320,8 @@ class VideoClipDataset(Dataset):
     per path and is recorded in ``self.bad`` (this process only; the collate counts what it drops).
 
     Randomness is drawn per item from (seed, epoch, index), so the clips and augmentations do not depend on the
-    number of workers; call ``set_epoch`` before each epoch for fresh draws (not seen by persistent workers).
+    number of workers; call ``set_epoch`` before each epoch for fresh draws (workers that persist across epochs see
+    it: the epoch is shared with them, :class:`vidcsl.data.epoch.SharedEpoch`).
     ``max_open_readers`` > 0 keeps an LRU of open readers per process; 0 opens and closes one per item.
     """
 
@@ -341,7 +343,7 @@ class VideoClipDataset(Dataset):
         self.num_frames, self.stride, self.target_fps = num_frames, stride, target_fps
         self.sampler, self.num_clips, self.max_gap_s, self.same_time = sampler, num_clips, max_gap_s, same_time
         self.transform = transform or to_float_clip
-        self.backend, self.seed, self.epoch = backend, seed, 0
+        self.backend, self.seed, self._epoch = backend, seed, SharedEpoch()
         self.max_open_readers = max_open_readers
         self.bad: dict[str, str] = {}
         self._readers: collections.OrderedDict[str, DecordReader | PyAVReader] = collections.OrderedDict()
@@ -350,8 +352,12 @@ class VideoClipDataset(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+        self._epoch.set(epoch)
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -101,14 +101,26 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
 
 
 def make_loader(ds: Dataset, batch_size: int, num_workers: int = 0, *, shuffle: bool = False, seed: int = 0,
-                sampler: Any = None, drop_last: bool = False) -> DataLoader:
-    """A DataLoader that drops bad (None) samples, with its own seeded generator."""
+                sampler: Any = None, drop_last: bool = False, persistent: bool = False) -> DataLoader:
+    """A DataLoader that drops bad (None) samples, with its own seeded generator.
+
+    ``persistent`` keeps the worker processes from one pass to the next (a loader iterated every epoch):
+    starting them costs a fork and an empty pipeline each time. The datasets share their epoch with them
+    (``vidcsl.data.epoch``); release the workers with :func:`release_workers` when done."""
     from vidcsl.data.video import collate_skip_bad
 
     return DataLoader(ds, batch_size=batch_size, shuffle=shuffle if sampler is None else False, sampler=sampler,
                       num_workers=num_workers, collate_fn=collate_skip_bad, drop_last=drop_last,
                       generator=torch.Generator().manual_seed(seed), pin_memory=torch.cuda.is_available(),
-                      persistent_workers=False)
+                      persistent_workers=persistent and num_workers > 0)
+
+
+def release_workers(loader: DataLoader | None) -> None:
+    """End the persistent workers of ``loader`` now, rather than whenever the loader is garbage-collected."""
+    iterator = getattr(loader, "_iterator", None)  # where DataLoader keeps a persistent iterator
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
 
 
 def to_device(obj: Any, device: torch.device, channels_last: bool) -> Any:
@@ -213,7 +225,7 @@ class Trainer:
                 self.method, device_ids=None, find_unused_parameters=self.method.ddp_find_unused)
         self.sampler = D.ResumableSampler(self.data.train, self.info, shuffle=True, seed=t.seed, drop_last=True)
         self.loader = make_loader(self.data.train, self.micro_batch, cfg.data.num_workers, sampler=self.sampler,
-                                  seed=t.seed + self.info.rank, drop_last=True)
+                                  seed=t.seed + self.info.rank, drop_last=True, persistent=True)
         self.steps_per_epoch = self.sampler.num_samples // self.micro_batch // t.accumulate
         if self.steps_per_epoch < 1:
             raise ConfigError(f"training split has {len(self.data.train)} samples: too few for one step of "
@@ -566,7 +578,9 @@ class Trainer:
         return self._final_metrics(time.perf_counter() - self.start_time, self.global_step - self.start_step)
 
     def _close(self) -> None:
-        """Close the progress bar and the logs and unlock the run folder, however the run ended."""
+        """End the loader's workers, close the progress bar and the logs and unlock the run folder, however
+        the run ended."""
+        release_workers(getattr(self, "loader", None))
         for thing in (self.bar, self.logger):
             if thing is not None:
                 thing.close()
