@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from torchvision.transforms.v2 import functional as F
 
 from vidcsl.data.augment import (
     ColorJitter,
@@ -11,8 +12,13 @@ from vidcsl.data.augment import (
     RandomGrayscale,
     RandomHorizontalFlip,
     RandomResizedCrop,
+    adjust_brightness_each,
+    adjust_contrast_each,
+    adjust_hue_each,
+    adjust_saturation_each,
     clip_eval_transform,
     clip_train_transform,
+    color_jitter_each,
 )
 
 
@@ -101,3 +107,45 @@ def test_bad_arguments_raise():
         clip_eval_transform(16)(torch.zeros(3, 16, 16, dtype=torch.uint8))
     with pytest.raises(ValueError, match="scale"):
         RandomResizedCrop(16, scale=(0.5, 0.2))
+
+
+# -- per-sample colour ops: what torchvision computes for each sample alone ---------------------------------
+EACH_VS_TORCHVISION = [(adjust_brightness_each, F.adjust_brightness, (0.2, 1.8)),
+                       (adjust_contrast_each, F.adjust_contrast, (0.2, 1.8)),
+                       (adjust_saturation_each, F.adjust_saturation, (0.0, 1.8)),
+                       (adjust_hue_each, F.adjust_hue, (-0.5, 0.5))]
+
+
+@pytest.mark.parametrize("each, reference, bounds", EACH_VS_TORCHVISION, ids=lambda v: getattr(v, "__name__", ""))
+@pytest.mark.parametrize("shape", [(3, 16, 16), (3, 15, 17), (4, 3, 8, 12)], ids=["image", "odd", "clip"])
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.float32])
+def test_per_sample_colour_ops_equal_torchvision_per_sample(each, reference, bounds, shape, dtype):
+    g = torch.Generator().manual_seed(len(shape) * 7 + shape[-1])
+    x = torch.randint(0, 256, (6, *shape), generator=g, dtype=torch.uint8)
+    if dtype == torch.float32:
+        x = x.float() / 255
+    factors = [bounds[0] + (bounds[1] - bounds[0]) * float(torch.rand((), generator=g)) for _ in range(6)]
+    out = each(x, factors)
+    assert out.dtype == x.dtype and out.shape == x.shape
+    for i, f in enumerate(factors):
+        if dtype == torch.float32 and each is adjust_contrast_each:  # a float mean: summation order may differ
+            torch.testing.assert_close(out[i], reference(x[i], f), rtol=0, atol=1e-6)
+        else:  # bit-identical, not merely close: the views must not change
+            assert torch.equal(out[i], reference(x[i], f)), f"sample {i}, factor {f}"
+
+
+def test_colour_jitter_each_applies_each_samples_ops_in_its_own_order():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randint(0, 256, (5, 3, 10, 10), generator=g, dtype=torch.uint8)
+    orders = [torch.randperm(4, generator=g).tolist() for _ in range(5)]
+    factors = [(1.3, 0.7, None, 0.1), (0.6, None, 1.5, -0.2), (None, 1.2, 0.8, None), (1.0, 1.0, 1.0, 0.0),
+               (0.9, 1.4, 0.3, 0.45)]
+    ops = (F.adjust_brightness, F.adjust_contrast, F.adjust_saturation, F.adjust_hue)
+    out = color_jitter_each(x, orders, factors)
+    for i in range(5):
+        expected = x[i]
+        for op in orders[i]:
+            if factors[i][op] is not None:
+                expected = ops[op](expected, factors[i][op])
+        assert torch.equal(out[i], expected)
+    assert torch.equal(color_jitter_each(x[:0], [], []), x[:0])

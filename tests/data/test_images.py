@@ -17,6 +17,7 @@ from vidcsl.data.images import (
     simclr_transform,
     split_train_val,
     supervised_transform,
+    to_image_tensor,
 )
 
 
@@ -194,3 +195,82 @@ def test_views_depend_on_seed_epoch_index_only_not_on_workers():
     assert not torch.equal(a, b)  # the two views of an item still differ
     ds.set_epoch(1)
     assert not torch.equal(first, epoch_views(0))
+
+
+def _torchvision_simclr(size, strength=1.0, blur=False, scale=(0.2, 1.0)):
+    """The specification of simclr_transform: SimCLR's augmentation as a torchvision v2 pipeline."""
+    from torchvision.transforms import v2
+
+    s = strength
+    ops = [v2.Lambda(to_image_tensor), v2.RandomResizedCrop(size, scale=scale, antialias=True),
+           v2.RandomHorizontalFlip(), v2.RandomApply([v2.ColorJitter(0.4 * s, 0.4 * s, 0.4 * s, min(0.1 * s, 0.5))],
+                                                     p=0.8), v2.RandomGrayscale(p=0.2)]
+    if blur:
+        ops.append(v2.RandomApply([v2.GaussianBlur(max(3, int(0.1 * size) // 2 * 2 + 1), sigma=(0.1, 2.0))], p=0.5))
+    return v2.Compose(ops + [v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()])
+
+
+@pytest.mark.parametrize("source, size, strength, blur", [((32, 32), 16, 1.0, False), ((20, 23), 15, 2.0, True),
+                                                          ((37, 30), 17, 0.5, True), ((8, 8), 16, 0.0, False)])
+def test_batched_simclr_views_are_the_torchvision_pipelines_views(source, size, strength, blur):
+    """Same random numbers, same float operations: a batch gives bit-identical views to the v2 pipeline run on
+    each image under the item's seed (so the augmentation distribution is exactly torchvision's)."""
+    rng = np.random.default_rng(sum(source) + size)
+    imgs = rng.integers(0, 256, size=(24, *source, 3), dtype=np.uint8)
+    ds = ImageDataset(imgs, np.arange(24), transform=simclr_transform(size, strength, blur=blur), two_views=True,
+                      seed=3)
+    ds.set_epoch(2)
+    reference = _torchvision_simclr(size, strength, blur)
+    batch = ds.__getitems__(range(24))
+    for i, ((a, b), label) in enumerate(batch):
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(ds._seed(i))  # what torch.manual_seed does on a CPU
+            expected = reference(imgs[i]), reference(imgs[i])
+        assert label == i and torch.equal(a, expected[0]) and torch.equal(b, expected[1]), f"image {i}"
+    (a, b), _ = ds[7]  # one at a time: the same views
+    assert torch.equal(a, batch[7][0][0]) and torch.equal(b, batch[7][0][1])
+    torch.manual_seed(11)  # called without a generator, it draws from torch's global RNG like the pipeline
+    view = simclr_transform(size, strength, blur=blur)(imgs[0])
+    torch.manual_seed(11)
+    assert torch.equal(view, reference(imgs[0]))
+
+
+def test_batched_eval_transform_equals_torchvision_per_image():
+    from torchvision.transforms import v2
+
+    rng = np.random.default_rng(5)
+    for shape, size in (((32, 32), 16), ((20, 27), 15), ((16, 16), 16)):
+        imgs = rng.integers(0, 256, size=(9, *shape, 3), dtype=np.uint8)
+        reference = v2.Compose([v2.Lambda(to_image_tensor), v2.Resize(size, antialias=True), v2.CenterCrop(size),
+                                v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()])
+        ds = ImageDataset(imgs, np.zeros(9), transform=eval_transform(size))
+        for i, (x, _) in enumerate(ds.__getitems__(list(range(9)))):
+            assert torch.equal(x, reference(imgs[i]))
+    plain = ImageDataset(imgs, np.zeros(9), transform=None)[4][0]  # no transform: the pixels as floats
+    as_float = v2.Compose([v2.Lambda(to_image_tensor), v2.ToDtype(torch.float32, scale=True), v2.ToPureTensor()])
+    assert torch.equal(plain, as_float(imgs[4]))
+
+
+def test_other_transforms_are_seeded_per_item_and_leave_the_global_rng_alone():
+    imgs = np.random.default_rng(1).integers(0, 256, size=(4, 32, 32, 3), dtype=np.uint8)
+    ds = ImageDataset(imgs, np.arange(4), transform=supervised_transform(32), seed=2)
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    first = torch.stack([x for x, _ in ds.__getitems__([0, 1, 2, 3])])
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(99)
+    assert torch.equal(first, torch.stack([ds[i][0] for i in range(4)]))
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_workers_kept_across_epochs_draw_each_epochs_views(workers):
+    """persistent_workers: the epoch set in the main process reaches workers started in an earlier epoch."""
+    imgs = np.random.default_rng(2).integers(0, 256, size=(8, 16, 16, 3), dtype=np.uint8)
+    ds = ImageDataset(imgs, np.arange(8), transform=simclr_transform(16), seed=4)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=workers, persistent_workers=workers > 0)
+    for epoch in (0, 1, 2):
+        ds.set_epoch(epoch)
+        got = torch.cat([x for x, _ in loader])
+        fresh = ImageDataset(imgs, np.arange(8), transform=simclr_transform(16), seed=4)
+        fresh.set_epoch(epoch)
+        assert torch.equal(got, torch.stack([fresh[i][0] for i in range(8)])), f"epoch {epoch}"

@@ -230,6 +230,22 @@ def test_reader_cache_gives_the_same_clips_and_stays_bounded(videos):
     assert not cached._readers
 
 
+def test_workers_kept_across_epochs_draw_each_epochs_clips(videos):
+    """persistent_workers: set_epoch in the main process reaches workers started in an earlier epoch."""
+    samples = [(videos[n], 0) for n in ["h264_gop12", "mpeg4_gop8", "h264_gop250"]] * 2
+    ds = VideoClipDataset(samples, num_frames=4, stride=2, transform=clip_train_transform(24), seed=5)
+    loader = DataLoader(ds, batch_size=3, num_workers=1, persistent_workers=True, collate_fn=collate_skip_bad)
+    epochs = []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        got = torch.cat([x for x, _ in loader])
+        fresh = VideoClipDataset(samples, num_frames=4, stride=2, transform=clip_train_transform(24), seed=5)
+        fresh.set_epoch(epoch)
+        assert torch.equal(got, torch.stack([fresh[i][0] for i in range(len(samples))])), f"epoch {epoch}"
+        epochs.append(got)
+    assert not torch.equal(*epochs)
+
+
 def test_collate_skip_bad():
     assert collate_skip_bad([None, None]) is None
     batch = collate_skip_bad([(torch.ones(2), 1), None, (torch.zeros(2), 0)])

@@ -130,3 +130,24 @@ def test_gradient_accumulation_equals_the_full_batch(kit, tmp_path):
         torch.testing.assert_close(a[key], b[key], rtol=1e-5, atol=1e-6)
     moved = kit.TinyEncoder().fc.weight
     assert not torch.allclose(a["encoder.fc.weight"], moved)  # training really changed the weights
+
+
+def test_workers_kept_across_epochs_train_the_same_weights_and_end_with_the_run(tmp_path, digits_run):
+    """The training loader's workers persist across epochs (no fork per epoch) yet draw each epoch's views:
+    one worker gives the weights of no worker, and the worker ends when the run does."""
+    import multiprocessing
+
+    from vidcsl.config import load_config
+
+    def weights(workers):
+        overrides = [o for o in digits_run.overrides if not o.startswith(("data.num_workers", "train.max_steps"))]
+        cfg = load_config(digits_run.config, [*overrides, f"data.num_workers={workers}", "train.epochs=3",
+                                          "train.knn_every=-1"])
+        result = Trainer(cfg, run_dir=tmp_path / f"w{workers}").fit()
+        assert result.metrics["global_step"] == 12  # 64 samples / 16 x 3 epochs
+        assert not multiprocessing.active_children()
+        return result.method.state_dict()
+
+    a, b = weights(0), weights(1)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key

@@ -37,9 +37,10 @@ def to_float_ctwh(frames: torch.Tensor) -> torch.Tensor:
 
 # -- colour ops with one factor per sample ------------------------------------------------------------------
 # torchvision's functional colour ops take one factor for a whole tensor. These take a batch (N, ..., C, H, W)
-# and N factors, one per sample, and compute per sample exactly what torchvision computes (the same float32
-# operations in the same order, so uint8 results are bit-identical; tests/data/test_augment.py checks it): a
-# batch of images costs a few tensor ops instead of a few dozen per image.
+# and N factors, one per sample, and compute per sample what torchvision computes: the same float32 operations
+# in the same order, so the results are bit-identical (tests/data/test_augment.py checks it; the one exception:
+# the contrast of a float image, whose mean may be summed in another order). A batch of images costs a few
+# tensor ops instead of a few dozen per image.
 def _per_sample(factors, x: torch.Tensor) -> torch.Tensor:
     """N factors (python floats) -> float32 (N, 1, ..., 1) broadcasting over the other dims of ``x``."""
     return torch.tensor(factors, dtype=torch.float32).view(-1, *([1] * (x.dim() - 1)))
