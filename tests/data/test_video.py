@@ -246,6 +246,27 @@ def test_workers_kept_across_epochs_draw_each_epochs_clips(videos):
     assert not torch.equal(*epochs)
 
 
+def test_embedded_clips_open_each_file_once_per_process(monkeypatch):
+    """The embedded clips are tiny: their readers stay open, so epochs after the first do not reopen files."""
+    import vidcsl.data.video as video
+    from vidcsl.config import load_config
+    from vidcsl.data.factory import build_datasets
+
+    data = build_datasets(load_config("configs/video_simclr.yaml").data, "contrastive")
+    opened = []
+    real_open = video.open_video
+    monkeypatch.setattr(video, "open_video", lambda path, backend: opened.append(path) or real_open(path, backend))
+    for ds in (data.train, data.val):
+        first = ds[3][0]
+        ds.set_epoch(1)
+        ds[3], ds[4]
+        ds.set_epoch(0)
+        assert torch.equal(torch.stack(first) if isinstance(first, tuple) else first,
+                           torch.stack(ds[3][0]) if isinstance(first, tuple) else ds[3][0])
+        ds.close()
+    assert len(opened) == 4  # items 3 and 4 of each split, once each
+
+
 def test_collate_skip_bad():
     assert collate_skip_bad([None, None]) is None
     batch = collate_skip_bad([(torch.ones(2), 1), None, (torch.zeros(2), 0)])

@@ -229,8 +229,15 @@ def _video_bundle(data_cfg: Any, mode: str, views: int, seed: int) -> DataBundle
                   backend=video_backend(data_cfg.video_backend), seed=seed)
     evaluate = clip_eval_transform(data_cfg.image_size, data_cfg.eval_crops)
 
+    def readers(s: list) -> int:
+        """Readers kept open per process: all of the embedded clips (tiny files; opening one indexes it and
+        starts a decoder, a sizeable part of reading its few frames), none of a real dataset's (open decoders
+        of full-size videos hold megabytes each, and a random order revisits a file only once an epoch)."""
+        return len(s) if data_cfg.kind == "embedded_video" else 0
+
     def eval_set(s):
-        return VideoClipDataset(s, sampler="uniform", num_clips=data_cfg.eval_clips, transform=evaluate, **common)
+        return VideoClipDataset(s, sampler="uniform", num_clips=data_cfg.eval_clips, transform=evaluate,
+                                max_open_readers=readers(s), **common)
 
     if mode == "eval":
         train = eval_set(samples["train"])
@@ -242,7 +249,8 @@ def _video_bundle(data_cfg: Any, mode: str, views: int, seed: int) -> DataBundle
             raise ConfigError(f"config key 'data.clip_sampler' must be 'two_clip' for two-view training, "
                               f"got {sampler!r}")
         train = VideoClipDataset(samples["train"], sampler=sampler, transform=train_tf,
-                                 max_gap_s=data_cfg.max_gap_s, same_time=data_cfg.same_time, **common)
+                                 max_gap_s=data_cfg.max_gap_s, same_time=data_cfg.same_time,
+                                 max_open_readers=readers(samples["train"]), **common)
     test = samples.get("test")
     return DataBundle(train=train, train_eval=eval_set(samples["train"]), val=eval_set(samples["val"]),
                       test=None if test is None else eval_set(test), num_classes=len(names),
