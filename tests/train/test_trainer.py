@@ -46,6 +46,15 @@ class NanEmbeddingAtStep4(SimCLR):
         return super().training_step(batch, ctx)
 
 
+@register_method("test_threads_simclr")
+class RecordsThreads(SimCLR):
+    seen: set = set()
+
+    def training_step(self, batch, ctx):
+        RecordsThreads.seen.add(torch.get_num_threads())
+        return super().training_step(batch, ctx)
+
+
 def run(kit, tmp_path, name, method="simclr", resume=False, data=None, data_cfg=None, **train):
     cfg = kit.cfg(method={"name": method}, train={"epochs": 2, "batch_size": 16, "ckpt_every": 0,
                                                   "knn_every": -1, "log_every": 1, **train},
@@ -148,6 +157,25 @@ def test_workers_kept_across_epochs_train_the_same_weights_and_end_with_the_run(
         assert not multiprocessing.active_children()
         return result.method.state_dict()
 
-    a, b = weights(0), weights(1)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what training beside a worker uses on 2 cores: the same float summation order
+    try:
+        a, b = weights(0), weights(1)
+    finally:
+        torch.set_num_threads(threads)
     for key in a:
         assert torch.equal(a[key], b[key]), key
+
+
+def test_training_beside_workers_leaves_them_their_cores_and_gives_the_threads_back(kit, tmp_path):
+    from vidcsl.train.trainer import threads_beside_workers
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        run(kit, tmp_path, "threads", method="test_threads_simclr", data_cfg={"num_workers": 1})
+        assert RecordsThreads.seen == {min(4, threads_beside_workers(1))}
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(threads)
+    assert threads_beside_workers(0) >= threads_beside_workers(1) >= 1

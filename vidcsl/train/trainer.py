@@ -115,6 +115,14 @@ def make_loader(ds: Dataset, batch_size: int, num_workers: int = 0, *, shuffle: 
                       persistent_workers=persistent and num_workers > 0)
 
 
+def threads_beside_workers(num_workers: int) -> int:
+    """Intra-op threads for a CPU process whose DataLoader runs ``num_workers`` worker processes beside it: the
+    cores the workers leave free, at least one. More threads than free cores make every parallel op wait at
+    its barrier for a thread the worker has pushed off its core (e.g. 2 threads + 1 busy worker on 2 cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores - num_workers)
+
+
 def release_workers(loader: DataLoader | None) -> None:
     """End the persistent workers of ``loader`` now, rather than whenever the loader is garbage-collected."""
     iterator = getattr(loader, "_iterator", None)  # where DataLoader keeps a persistent iterator
@@ -189,6 +197,7 @@ class Trainer:
         self.logger: RunLogger | None = None
         self.bar: tqdm | None = None
         self.preempt: Preemption | None = None
+        self._threads: int | None = None  # intra-op threads before training lowered them (CPU with workers)
 
     # ------------------------------------------------------------------------------------------ setup
     def _setup(self) -> None:
@@ -226,6 +235,9 @@ class Trainer:
         self.sampler = D.ResumableSampler(self.data.train, self.info, shuffle=True, seed=t.seed, drop_last=True)
         self.loader = make_loader(self.data.train, self.micro_batch, cfg.data.num_workers, sampler=self.sampler,
                                   seed=t.seed + self.info.rank, drop_last=True, persistent=True)
+        if self.device.type == "cpu" and cfg.data.num_workers > 0:  # restored by _close
+            self._threads = torch.get_num_threads()
+            torch.set_num_threads(min(self._threads, threads_beside_workers(cfg.data.num_workers)))
         self.steps_per_epoch = self.sampler.num_samples // self.micro_batch // t.accumulate
         if self.steps_per_epoch < 1:
             raise ConfigError(f"training split has {len(self.data.train)} samples: too few for one step of "
@@ -581,6 +593,8 @@ class Trainer:
         """End the loader's workers, close the progress bar and the logs and unlock the run folder, however
         the run ended."""
         release_workers(getattr(self, "loader", None))
+        if self._threads is not None:
+            torch.set_num_threads(self._threads)
         for thing in (self.bar, self.logger):
             if thing is not None:
                 thing.close()
