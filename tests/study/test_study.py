@@ -348,3 +348,23 @@ def test_tiny_study_rerun_keeps_everything_and_refuses_a_changed_recipe(tiny):
     changed.tracks[0].overrides.append("optim.lr=0.01")
     with pytest.raises(ValueError, match="different config"):
         S.run_study(changed)
+
+
+def test_cli_user_errors_are_one_line_and_bugs_keep_their_traceback(tmp_path, capsys, monkeypatch):
+    from vidcsl.cli import main
+
+    assert main(["study", str(_write_study(tmp_path, ["sl", "nope"]))]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vidcsl study: error:") and "nope" in err and "Traceback" not in err
+    assert main(["evaluate", str(tmp_path / "no_run"), "n_samples=0"]) == 2
+    assert "eval.n_samples" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # argparse refuses an unknown device before anything loads
+        main(["evaluate", str(tmp_path), "--device", "tpu"])
+    assert "--device" in capsys.readouterr().err
+
+    def boom(*a, **k):
+        raise ValueError("a bug, not a user error")
+
+    monkeypatch.setattr(S, "run_study", boom)
+    with pytest.raises(ValueError, match="a bug"):
+        main(["study", str(_write_study(tmp_path, ["sl"]))])

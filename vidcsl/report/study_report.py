@@ -203,13 +203,15 @@ def sanity_table(track: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
 
 
 def recipe_rows(track: dict[str, Any]) -> tuple[list[str], list[list[Any]]]:
-    headers = ["variant", "training keys that differ from csl (variant value / csl value)"]
+    """What each variant changes in the recipe, and the time its sub-runs took (means over seeds)."""
+    headers = ["variant", "training keys that differ from csl (variant value / csl value)", "train s", "eval s"]
     rows = []
     for r in track["variants"]:
         diff = r.get("recipe_vs_csl")
         text = "n/a" if diff is None else ("none" if not diff else
                                            "; ".join(f"{k}: {a!r} / {b!r}" for k, (a, b) in diff.items()))
-        rows.append([r["variant"], text])
+        secs = r.get("seconds") or {}
+        rows.append([r["variant"], text, fmt(secs.get("train"), 1), fmt(secs.get("eval"), 1)])
     return headers, rows
 
 

@@ -48,7 +48,7 @@ def add_commands(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_evaluate)
 
     p = subparsers.add_parser(
-        "study", help="train SL, CSL, CSL+FN, SupCon and adversarial CSL +/- FN, evaluate all, compare",
+        "study", help="train SL, CSL, CSL+FN, negative-free and adversarial CSL +/- FN per seed, evaluate, compare",
         formatter_class=fmt, description=_study_description())
     p.add_argument("config", help="study YAML (see configs/study_*.yaml)")
     p.add_argument("overrides", nargs="*", help="study settings 'key=value' (top level), e.g. runs_dir=runs/s2 "
@@ -60,10 +60,11 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo", help="the small study on the embedded digit images and videos (2-core CPU, < 10 min)",
         formatter_class=fmt,
-        description="Run configs/study_demo.yaml: SL, CSL, CSL+FN (threshold / top-k / oracle), SupCon and "
-        "adversarial CSL +/- FN on the embedded digits, and SL / CSL / CSL+FN on the embedded moving-digit "
-        "videos, each trained briefly and evaluated on small subsets. Prints where the report is and its main "
-        "table. Rerunning reuses finished sub-runs (use --fresh to start over).")
+        description="Run configs/study_demo.yaml (its comments say what it trains): SL, CSL, CSL+FN and the "
+        "untrained-encoder reference on the embedded digits with several seeds, other paradigms with fewer, and "
+        "SL / CSL on the embedded moving-digit videos at clip and video level; each model evaluated on the whole "
+        "embedded test split. Prints where the report is, its main table and which questions this budget "
+        "resolves. Rerunning reuses finished sub-runs (use --fresh to start over). See docs/study.md.")
     p.add_argument("--runs-dir", default=None, help="where the sub-runs and the report go (default: runs/demo)")
     p.add_argument("--fresh", action="store_true", help="delete the demo folder first")
     p.add_argument("--config", default=None, help=f"study YAML to run instead of configs/{DEMO_CONFIG}")

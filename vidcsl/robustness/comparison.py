@@ -417,6 +417,15 @@ def _spread(per_seed: dict[int, float | None]) -> dict[str, Any]:
             "sd": float(np.std(vals, ddof=1)) if len(vals) > 1 else None, "per_seed": per_seed}
 
 
+def _train_seconds(run_dir: Path) -> float | None:
+    import json
+
+    try:
+        return float(json.loads((run_dir / "metrics.json").read_text())["train_seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def _level_summary(ev: dict[str, Any], protocol: str, level: str) -> dict[str, Any] | None:
     return ((ev.get("protocols") or {}).get(protocol) or {}).get("levels", {}).get(level)
 
@@ -472,6 +481,8 @@ def variant_rows(runs: dict[str, dict[int, SubRun]], measures: list[dict[str, An
             "fn_precision": _mean([d.get("precision") for d in det]), "fn_recall": _mean([d.get("recall") for d in det]),
             "recipe_vs_csl": None if cfg is None or csl_cfg is None or v == "csl" else recipe_differences(cfg, csl_cfg),
             "eval_dirs": [str(r.run_dir / "eval") for _, r in sorted(by_seed.items())],
+            "seconds": {"train": _mean([_train_seconds(r.run_dir) for r in by_seed.values()]),
+                        "eval": _mean([e.get("seconds") for e in evs.values()])},
         })
     return rows
 
