@@ -78,3 +78,20 @@ def test_header_row_tables_print_missing_values_as_n_a(tmp_path):
     assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="edge"):
         plot_histogram([1, 2], [0, 1], tmp_path / "h2.png", xlabel="x")
+
+
+def test_interval_and_mechanism_plots_take_missing_values(tmp_path):
+    from vidcsl.report.plots import plot_interval_panels, plot_mechanism
+
+    curves = {"sl": ([0, 4, 8], [0.9, 0.6, None], [0.85, 0.5, None], [0.95, 0.7, None]),
+              "csl": ([0, 4, 8], [0.95, 0.5, 0.1], [None, 0.4, 0.05], [None, 0.6, 0.15])}
+    p1 = plot_interval_panels([("image linf", "eps", curves), ("image l2", "eps", {"sl": ([0], [0.9], [0.8], [1.0])})],
+                              tmp_path / "acc.png", ylabel="accuracy", ylim=(0, 1), zero_line=True)
+    points = {"sl": {"uniformity": -1.5, "uniformity_sd": 0.1, "alignment": 0.5, "alignment_sd": None, "y": 0.6,
+                     "low": 0.5, "high": 0.7, "group": "SL"},
+              "byol": {"uniformity": None, "alignment": 0.3, "y": 0.4, "low": None, "high": None, "group": "nf"}}
+    p2 = plot_mechanism(points, tmp_path / "mech.png")
+    for p in (p1, p2):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 1000
+    with pytest.raises(ValueError, match="at least one"):
+        plot_interval_panels([], tmp_path / "x.png", ylabel="y")

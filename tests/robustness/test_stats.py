@@ -88,3 +88,42 @@ def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match="seeds, samples"):
         as_outcomes(np.ones((2, 2, 2), bool))
     assert isinstance(Interval(0.1, 0.0, 0.2, 0.95, 10, 10).as_dict()["resolved"], bool)
+
+
+def test_resampled_accuracies_draw_alike_for_every_model():
+    """The draw depends only on the seed and the shape: a model's replicates do not change with the other
+    models resampled beside it (that is what keeps comparisons paired across calls)."""
+    from vidcsl.robustness.stats import resampled_accuracies
+
+    rng = np.random.default_rng(5)
+    a, b = bernoulli(rng, 0.7, (3, 300)), bernoulli(rng, 0.4, (3, 300))
+    alone = resampled_accuracies({"a": a}, n_boot=300, seed=7)
+    both = resampled_accuracies({"a": a, "b": b, "same": a}, n_boot=300, seed=7)
+    np.testing.assert_allclose(alone["a"], both["a"])
+    np.testing.assert_allclose(both["same"], both["a"])  # identical outcomes: every replicate agrees
+    assert both["a"].shape == (300,) and abs(both["a"].mean() - a.mean()) < 0.01
+    ones = resampled_accuracies({"x": np.ones((2, 50), bool)}, n_boot=20)["x"]
+    np.testing.assert_allclose(ones, 1.0)
+
+
+def test_percentile_interval_and_undefined_estimate():
+    from vidcsl.robustness.stats import percentile_interval
+
+    iv = percentile_interval(0.5, np.linspace(0, 1, 1001), level=0.9)
+    assert iv.low == pytest.approx(0.05) and iv.high == pytest.approx(0.95) and iv.excludes_zero
+    nans = np.full(100, np.nan)
+    nans[:40] = 1.0  # fewer than half of the replicates defined: no interval
+    assert percentile_interval(1.0, nans).low is None
+    assert percentile_interval(float("nan"), np.ones(100)).estimate is None
+
+
+def test_seed_interval_is_student_t_over_seeds():
+    from vidcsl.robustness.stats import seed_interval
+
+    iv = seed_interval([1.0, 2.0, 3.0])
+    half = 4.302652729911275 / math.sqrt(3)  # t_{0.975, 2} * sd 1 / sqrt(3)
+    assert iv.estimate == pytest.approx(2.0) and iv.low == pytest.approx(2 - half) and iv.high == pytest.approx(2 + half)
+    paired = seed_interval([1.0, 2.0, 3.5], [0.5, 1.5, 3.0])  # differences 0.5 each: no spread
+    assert paired.excludes_zero and paired.low == pytest.approx(0.5) and paired.n_valid == 3
+    one = seed_interval([0.4], [0.1])
+    assert one.estimate == pytest.approx(0.3) and one.low is None and not one.excludes_zero

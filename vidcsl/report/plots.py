@@ -1,5 +1,6 @@
-"""The report's figures (matplotlib, Agg backend): accuracy vs eps, uniformity histograms,
-per-corruption bars, a histogram from counts. Each function writes one PNG and returns its path."""
+"""The report's figures (matplotlib, Agg backend): accuracy vs eps, curves with interval error bars,
+the uniformity / alignment vs robustness scatter, uniformity histograms, per-corruption bars, a histogram
+from counts. Each function writes one PNG and returns its path."""
 
 from __future__ import annotations
 
@@ -38,6 +39,70 @@ def plot_accuracy_vs_eps(curves: Mapping[str, tuple[Sequence[float], Sequence[fl
     ax.set(xlabel=xlabel, ylabel="accuracy", title=title, ylim=(0, None))
     ax.grid(alpha=0.3)
     ax.legend()
+    return _save(fig, path)
+
+
+Curve = tuple[Sequence[float], Sequence[float | None], Sequence[float | None], Sequence[float | None]]
+
+
+def _none_nan(values: Sequence[float | None]) -> list[float]:
+    return [float("nan") if v is None else float(v) for v in values]
+
+
+def plot_interval_panels(panels: Sequence[tuple[str, str, Mapping[str, Curve]]], path: str | Path, *,
+                         ylabel: str, ylim: tuple[float, float] | None = None, zero_line: bool = False,
+                         title: str | None = None) -> Path:
+    """Side-by-side panels ``(title, xlabel, {name: (x, estimate, low, high)})``: one line per name with
+    its interval as error bars (missing values, None, are left out of the line)."""
+    if not panels:
+        raise ValueError("plot_interval_panels needs at least one panel")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 3.8), squeeze=False)
+    for ax, (name, xlabel, curves) in zip(axes[0], panels):
+        for label, (x, y, low, high) in curves.items():
+            y, low, high = _none_nan(y), _none_nan(low), _none_nan(high)
+            err = [[max(0.0, a - b) if a == a and b == b else 0.0 for a, b in zip(y, low)],
+                   [max(0.0, b - a) if a == a and b == b else 0.0 for a, b in zip(y, high)]]
+            ax.errorbar(list(x), y, yerr=err, marker="o", markersize=3, capsize=2, label=label)
+        if zero_line:
+            ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set(xlabel=xlabel, ylabel=ylabel, title=name)
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    return _save(fig, path)
+
+
+def plot_mechanism(points: Mapping[str, Mapping[str, float | None | str]], path: str | Path, *,
+                   robust_label: str = "robust accuracy") -> Path:
+    """Uniformity and alignment (x, error bar: sd over seeds) against robust accuracy (y, error bar: its
+    interval), one point per variant, coloured by ``group``: ``points[name]`` has ``uniformity``,
+    ``uniformity_sd``, ``alignment``, ``alignment_sd``, ``y``, ``low``, ``high``, ``group``."""
+    if not points:
+        raise ValueError("plot_mechanism needs at least one point")
+    groups = list(dict.fromkeys(str(p["group"]) for p in points.values()))
+    colours = {g: plt.cm.tab10(i % 10) for i, g in enumerate(groups)}
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, xlabel in ((axes[0], "uniformity", "uniformity (lower = more uniform)"),
+                               (axes[1], "alignment", "alignment (lower = positives closer)")):
+        seen = set()
+        for name, p in points.items():
+            x, y = p.get(metric), p.get("y")
+            if x is None or y is None:
+                continue
+            low, high = p.get("low"), p.get("high")
+            yerr = [[y - low], [high - y]] if low is not None and high is not None else None
+            xerr = p.get(f"{metric}_sd")
+            g = str(p["group"])
+            ax.errorbar([x], [y], xerr=None if xerr is None else [xerr], yerr=yerr, fmt="o", capsize=2,
+                        color=colours[g], label=None if g in seen else g)
+            seen.add(g)
+            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
+        ax.set(xlabel=xlabel, ylabel=robust_label)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
     return _save(fig, path)
 
 

@@ -24,6 +24,8 @@ def _eval_help() -> str:
 
 
 def add_commands(subparsers: Any) -> None:
+    from vidcsl.train.cli import device_arg
+
     fmt = argparse.RawDescriptionHelpFormatter
     p = subparsers.add_parser(
         "evaluate", help="clean / robust / corruption accuracy and representation metrics of one run",
@@ -41,11 +43,12 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--config", default=None, help="YAML file with evaluation settings (a mapping; the "
                    "settings on the command line win)")
     p.add_argument("--out", default=None, help="output folder (default: RUN/eval)")
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when available)")
+    p.add_argument("--device", default=None, type=device_arg,
+                   help="cpu | cuda | cuda:N (default: cuda when available)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = subparsers.add_parser(
-        "study", help="train SL, CSL, CSL+FN, SupCon and adversarial CSL +/- FN, evaluate all, compare",
+        "study", help="train SL, CSL, CSL+FN, negative-free and adversarial CSL +/- FN per seed, evaluate, compare",
         formatter_class=fmt, description=_study_description())
     p.add_argument("config", help="study YAML (see configs/study_*.yaml)")
     p.add_argument("overrides", nargs="*", help="study settings 'key=value' (top level), e.g. runs_dir=runs/s2 "
@@ -57,10 +60,11 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo", help="the small study on the embedded digit images and videos (2-core CPU, < 10 min)",
         formatter_class=fmt,
-        description="Run configs/study_demo.yaml: SL, CSL, CSL+FN (threshold / top-k / oracle), SupCon and "
-        "adversarial CSL +/- FN on the embedded digits, and SL / CSL / CSL+FN on the embedded moving-digit "
-        "videos, each trained briefly and evaluated on small subsets. Prints where the report is and its main "
-        "table. Rerunning reuses finished sub-runs (use --fresh to start over).")
+        description="Run configs/study_demo.yaml (its comments say what it trains): SL, CSL, CSL+FN and the "
+        "untrained-encoder reference on the embedded digits with several seeds, other paradigms with fewer, and "
+        "SL / CSL on the embedded moving-digit videos at clip and video level; each model evaluated on the whole "
+        "embedded test split. Prints where the report is, its main table and which questions this budget "
+        "resolves. Rerunning reuses finished sub-runs (use --fresh to start over). See docs/study.md.")
     p.add_argument("--runs-dir", default=None, help="where the sub-runs and the report go (default: runs/demo)")
     p.add_argument("--fresh", action="store_true", help="delete the demo folder first")
     p.add_argument("--config", default=None, help=f"study YAML to run instead of configs/{DEMO_CONFIG}")
@@ -97,27 +101,29 @@ def _study_description() -> str:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
+    """User errors (:class:`vidcsl.errors.VidcslError`) reach ``vidcsl.cli.main``, which prints them as one
+    line; anything else keeps its traceback."""
     import yaml
 
+    from vidcsl.errors import ConfigError
     from vidcsl.robustness.evaluate import eval_config_from_dict, evaluate_run
 
-    try:
-        raw = {}
-        if args.config:
-            path = Path(args.config)
-            if not path.is_file():
-                raise ValueError(f"evaluation config {args.config!r} does not exist")
+    raw = {}
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"evaluation config {args.config!r} does not exist")
+        try:
             raw = yaml.safe_load(path.read_text()) or {}
-            if not isinstance(raw, dict):
-                raise ValueError(f"evaluation config {args.config!r} must hold a mapping")
-            raw = raw.get("eval", raw)
-        if args.device:
-            raw["device"] = args.device
-        ecfg = eval_config_from_dict(raw, args.settings)
-        result = evaluate_run(args.run, ecfg, out_dir=args.out)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        except yaml.YAMLError as err:
+            raise ConfigError(f"evaluation config {args.config!r} is not valid YAML: {err}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"evaluation config {args.config!r} must hold a mapping")
+        raw = raw.get("eval", raw)
+    if args.device:
+        raw["device"] = args.device
+    ecfg = eval_config_from_dict(raw, args.settings)
+    result = evaluate_run(args.run, ecfg, out_dir=args.out)
     from vidcsl.report.run_report import summary_table
     from vidcsl.report.tables import markdown_table
 
@@ -128,26 +134,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: Path) -> None:
-    import json
+    from vidcsl.report.study_report import load_study, main_table
 
-    data = json.loads((report.parent / "study.json").read_text())
-    from vidcsl.robustness.study import main_table
-
+    data = load_study(report.parent / "study.json")
     print(f"\nreport: {report.resolve()}")
     for t in data["tracks"]:
         print(f"\n[{t['track']}]\n{main_table(t)}")
+        for q in t["questions"]:
+            print(f"- {q['question']} {q['answer']}")
 
 
 def _run_study_file(path: str, overrides: list[str], eval_settings: list[str]) -> int:
+    """User errors reach ``vidcsl.cli.main`` (one line, exit 2); a sub-run that diverges or collapses is
+    left out of the comparison by the study itself, with a note."""
     from vidcsl.robustness.study import load_study_config, run_study
-    from vidcsl.train.trainer import NonFiniteLossError
 
-    try:
-        study = load_study_config(path, overrides)
-        report = run_study(study, eval_settings)
-    except (ValueError, NonFiniteLossError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    report = run_study(load_study_config(path, overrides), eval_settings)
     _print_report(report)
     return 0
 
@@ -164,11 +166,11 @@ def demo_config_path() -> Path:
 def _cmd_demo(args: argparse.Namespace) -> int:
     import shutil
 
+    from vidcsl.errors import UsageError
+
     path = Path(args.config) if args.config else demo_config_path()
     if not path.is_file():
-        print(f"error: demo study config {str(path)!r} not found (run from a source checkout, or pass --config)",
-              file=sys.stderr)
-        return 2
+        raise UsageError(f"demo study config {str(path)!r} not found (run from a source checkout, or pass --config)")
     runs_dir = args.runs_dir or "runs/demo"
     if args.fresh and Path(runs_dir).exists():
         shutil.rmtree(runs_dir)

@@ -193,10 +193,12 @@ def eval_config_from_dict(raw: dict[str, Any] | None, overrides: list[str] | tup
     return cfg
 
 
-def select_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def select_device(name: str, *, key: str = "config key 'eval.device'") -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; anything else is checked against this machine
+    (:class:`ConfigError` naming ``key``), as training checks ``train.device``."""
+    from vidcsl.train.distributed import select_device as checked
+
+    return checked(name, name=key)
 
 
 # ------------------------------------------------------------------------------------------ the model

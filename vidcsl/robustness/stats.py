@@ -64,9 +64,56 @@ def _check_paired(outcomes: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return arrays
 
 
+def resampled_accuracies(outcomes: Mapping[str, np.ndarray], *, n_boot: int = 2000, seed: int = 0,
+                         resample_seeds: bool = True, chunk: int = 500) -> dict[str, np.ndarray]:
+    """Each model's accuracy in ``n_boot`` paired resamples of seeds and samples: ``{name: (n_boot,)}``.
+
+    Replicate ``b`` draws ``S`` seeds and ``N`` samples with replacement (the same draw for every model, so
+    the pairing is kept) and gives each model the mean of its outcomes over the drawn (seed, sample) pairs.
+    The draws depend only on ``seed`` and the shape ``(S, N)``, so two calls with the same shape resample
+    alike. Draws are multinomial counts (how often each sample / seed was drawn): the accuracy of a
+    replicate is then one small matrix product, cheap even for a whole test set.
+    """
+    if n_boot < 1:
+        raise ValueError(f"need n_boot >= 1, got {n_boot}")
+    arrays = _check_paired(outcomes)
+    n_seeds, n_samples = next(iter(arrays.values())).shape
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {k: [] for k in arrays}
+    ok = {k: v.T.astype(np.float32) for k, v in arrays.items()}  # (samples, seeds)
+    for start in range(0, n_boot, chunk):
+        b = min(chunk, n_boot - start)
+        samples = rng.multinomial(n_samples, np.full(n_samples, 1 / n_samples), size=b).astype(np.float32)
+        seeds = rng.multinomial(n_seeds, np.full(n_seeds, 1 / n_seeds), size=b) if resample_seeds and n_seeds > 1 \
+            else np.ones((b, n_seeds))
+        for k, v in ok.items():
+            parts[k].append(((samples @ v) * seeds).sum(1) / (n_samples * n_seeds))
+    return {k: np.concatenate(v).astype(float) for k, v in parts.items()}
+
+
+def percentile_interval(estimate: float, replicates: np.ndarray, *, level: float = 0.95) -> Interval:
+    """The percentile interval of bootstrap ``replicates`` around ``estimate``; non-finite replicates (an
+    undefined ratio) are left out, and with fewer than half of them finite (or a non-finite estimate) the
+    interval is undefined (``low`` = ``high`` = None)."""
+    if not 0 < level < 1:
+        raise ValueError(f"need 0 < level < 1, got {level}")
+    replicates = np.asarray(replicates, dtype=float)
+    n_boot = int(replicates.size)
+    finite = replicates[np.isfinite(replicates)]
+    if not math.isfinite(estimate) or finite.size < max(10, n_boot // 2):
+        return Interval(estimate if math.isfinite(estimate) else None, None, None, level, n_boot, int(finite.size))
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(finite, [tail, 100 - tail])
+    return Interval(float(estimate), float(low), float(high), level, n_boot, int(finite.size))
+
+
+def point_estimate(outcomes: Mapping[str, np.ndarray], statistic: Statistic) -> float:
+    """``statistic`` of the models' accuracies over all their outcomes."""
+    return float(statistic({k: np.asarray([as_outcomes(v).mean()]) for k, v in outcomes.items()})[0])
+
+
 def paired_bootstrap(outcomes: Mapping[str, np.ndarray], statistic: Statistic, *, n_boot: int = 2000,
-                     level: float = 0.95, seed: int = 0, resample_seeds: bool = True,
-                     chunk: int = 250) -> Interval:
+                     level: float = 0.95, seed: int = 0, resample_seeds: bool = True) -> Interval:
     """Percentile interval of ``statistic`` over paired resamples of seeds and samples.
 
     ``outcomes`` maps a model name to its ``(seeds, samples)`` bool outcomes (same shape for all).
@@ -75,27 +122,31 @@ def paired_bootstrap(outcomes: Mapping[str, np.ndarray], statistic: Statistic, *
     are left out and counted in ``n_valid``. With one seed, or ``resample_seeds=False``, only samples
     are resampled.
     """
-    if n_boot < 1 or not 0 < level < 1:
+    if not 0 < level < 1:
         raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got {n_boot}, {level}")
-    arrays = _check_paired(outcomes)
-    n_seeds, n_samples = next(iter(arrays.values())).shape
-    estimate = float(statistic({k: np.asarray([v.mean()]) for k, v in arrays.items()})[0])
-    rng = np.random.default_rng(seed)
-    values = []
-    for start in range(0, n_boot, chunk):
-        b = min(chunk, n_boot - start)
-        seeds = rng.integers(0, n_seeds, size=(b, n_seeds)) if resample_seeds and n_seeds > 1 \
-            else np.broadcast_to(np.arange(n_seeds), (b, n_seeds))
-        samples = rng.integers(0, n_samples, size=(b, n_samples))
-        acc = {k: v[seeds[:, :, None], samples[:, None, :]].mean(axis=(1, 2)) for k, v in arrays.items()}
-        values.append(np.asarray(statistic(acc), dtype=float))
-    stats = np.concatenate(values)
-    finite = stats[np.isfinite(stats)]
-    if not math.isfinite(estimate) or finite.size < max(10, n_boot // 2):
-        return Interval(estimate if math.isfinite(estimate) else None, None, None, level, n_boot, int(finite.size))
-    tail = (1 - level) / 2 * 100
-    low, high = np.percentile(finite, [tail, 100 - tail])
-    return Interval(estimate, float(low), float(high), level, n_boot, int(finite.size))
+    acc = resampled_accuracies(outcomes, n_boot=n_boot, seed=seed, resample_seeds=resample_seeds)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return percentile_interval(point_estimate(outcomes, statistic), np.asarray(statistic(acc), dtype=float),
+                                   level=level)
+
+
+def seed_interval(a: np.ndarray | list, b: np.ndarray | list | None = None, *, level: float = 0.95) -> Interval:
+    """Student-t interval over training seeds of a per-seed quantity (``a``) or of a paired difference
+    ``a - b`` (seed s of ``a`` with seed s of ``b``): for numbers measured once per model, such as
+    uniformity, which have no per-sample outcomes to resample. Undefined with fewer than two seeds
+    (``n_boot`` = 0, ``n_valid`` = the number of seeds)."""
+    values = np.asarray(a, dtype=float) - (0.0 if b is None else np.asarray(b, dtype=float))
+    values = values[np.isfinite(values)]
+    n = int(values.size)
+    if n == 0:
+        return Interval(None, None, None, level, 0, 0)
+    mean = float(values.mean())
+    if n < 2:
+        return Interval(mean, None, None, level, 0, n)
+    from scipy.stats import t
+
+    half = float(t.ppf(0.5 + level / 2, n - 1)) * float(values.std(ddof=1)) / math.sqrt(n)
+    return Interval(mean, mean - half, mean + half, level, 0, n)
 
 
 def accuracy_difference(a: str, b: str) -> Statistic:

@@ -1,26 +1,34 @@
 """``vidcsl study CONFIG``: train every paradigm of the comparison, evaluate each, write one report.
 
-A study config (YAML) names one or more *tracks* (a dataset + backbone, i.e. a base training config)
-and the *variants* to run on each:
+A study config (YAML) names one or more *tracks* (a dataset + backbone: a base training config), the
+*variants* to train on each, and the training *seeds*. Every variant is the track's config plus a few
+overrides (:data:`VARIANTS`), trained once per seed into ``runs_dir/<track>/<variant>/seed<s>/`` and
+evaluated there by ``vidcsl.robustness.evaluate``; every model of a track is evaluated on the same test
+samples with the same attack seeds, so outcomes pair sample by sample and seed by seed. The comparison
+(``vidcsl.robustness.comparison``: paired bootstrap intervals, McNemar, the questions and whether this
+budget resolves them) and the report (``vidcsl.report.study_report``) follow. The study is resumable: a
+sub-run with final metrics is not retrained, an evaluation with the same settings is not repeated.
 
-    sl                      supervised cross-entropy (same backbone, augmentations, schedule)
-    csl                     SimCLR
+The protocol — what is compared, what SL and CSL share, seeds and pairing, the statistics, the rule for
+"resolved", the mechanism figure — is described in docs/study.md.
+
+Variants:
+
+    random_init            the encoder at initialisation + a linear probe (reference: what random features give)
+    sl                     supervised cross-entropy (same backbone, augmentations, schedule)
+    csl                    SimCLR;  csl_t<T> (e.g. csl_t0.5): SimCLR at temperature T (``csl_temperatures``)
+    moco                   MoCo v2
     csl_fn_threshold / _topk / _oracle   SimCLR + false-negative elimination with that detector
-    supcon                  supervised contrastive
-    clae, rocl, acl         adversarial contrastive methods; ``*_fn`` adds FN removal (``adv_fn_detector``)
-
-Each variant is the track's config plus a few overrides, trained through ``vidcsl.train.trainer`` into
-``runs_dir/<track>/<variant>/`` and evaluated by ``vidcsl.robustness.evaluate``. The study is
-resumable: a sub-run with final metrics is not retrained, and an evaluation with the same settings is
-not repeated. The report states the numbers as measured, including the robustness gap
-RA_sl - RA_csl and the part of it an FN variant closes, (RA_fn - RA_csl) / (RA_sl - RA_csl), which is
-reported as "n/a" (with the reason) when the gap is too small to divide by.
+    supcon                 supervised contrastive (the labels as positives: oracle FN, attract)
+    byol, simsiam, vicreg, barlow        negative-free
+    clae, rocl, acl        adversarial contrastive methods; ``*_fn`` adds FN removal (``adv_fn_detector``)
 """
 
 from __future__ import annotations
 
 import math
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,35 +37,74 @@ from typing import Any
 import yaml
 from tqdm import tqdm
 
-from vidcsl.report.tables import fmt, markdown_table, write_csv_rows
+from vidcsl.errors import ConfigError, RunFolderError
+from vidcsl.report.tables import markdown_table, write_csv_rows
 from vidcsl.robustness.evaluate import EvalConfig, eval_config_from_dict, evaluate_run, load_eval
 from vidcsl.schema import bounded
+
+# The paradigm groups of the report, in its order.
+PARADIGMS = ("reference", "SL", "contrastive", "contrastive + FN", "negative-free", "adversarial contrastive")
 
 
 @dataclass(frozen=True)
 class Variant:
     label: str
     overrides: tuple[str, ...]
-    fn: bool = False  # uses false-negative removal
-    base: str | None = None  # the variant it adds FN removal to (for the gain / gap closed)
+    paradigm: str
+    base: str | None = None  # the variant it adds FN removal to (FN gain, gap closed)
+    untrained: bool = False  # no training: the encoder at initialisation (random_init)
+
+    @property
+    def fn(self) -> bool:
+        return self.base is not None
+
+    @property
+    def method(self) -> str:
+        return next(o.split("=", 1)[1] for o in self.overrides if o.startswith("method.name="))
 
 
-def _fn(detector: str) -> tuple[str, ...]:
-    return (f"fn.detector={detector}",)
-
-
+_NO_FN = "fn.detector=none"
 VARIANTS: dict[str, Variant] = {
-    "sl": Variant("SL (supervised)", ("method.name=supervised", "data.supervised_augment=contrastive",
-                                      "fn.detector=none")),
-    "csl": Variant("CSL (SimCLR)", ("method.name=simclr", "fn.detector=none")),
-    "csl_fn_threshold": Variant("CSL+FN threshold", ("method.name=simclr", *_fn("threshold")), True, "csl"),
-    "csl_fn_topk": Variant("CSL+FN top-k", ("method.name=simclr", *_fn("topk")), True, "csl"),
-    "csl_fn_oracle": Variant("CSL+FN oracle", ("method.name=simclr", *_fn("oracle")), True, "csl"),
-    "supcon": Variant("SupCon", ("method.name=supcon", "fn.detector=none")),
+    "random_init": Variant("Random init (untrained encoder)", ("method.name=simclr", _NO_FN), "reference",
+                           untrained=True),
+    "sl": Variant("SL (supervised)", ("method.name=supervised", "data.supervised_augment=contrastive", _NO_FN),
+                  "SL"),
+    "csl": Variant("CSL (SimCLR)", ("method.name=simclr", _NO_FN), "contrastive"),
+    # MoCo v2's own temperature (Chen et al. 2020); its momentum / queue come from the track (demo sizes)
+    "moco": Variant("MoCo v2", ("method.name=moco", _NO_FN, "method.temperature=0.2"), "contrastive"),
+    "csl_fn_threshold": Variant("CSL+FN threshold", ("method.name=simclr", "fn.detector=threshold"),
+                                "contrastive + FN", "csl"),
+    "csl_fn_topk": Variant("CSL+FN top-k", ("method.name=simclr", "fn.detector=topk"), "contrastive + FN", "csl"),
+    "csl_fn_oracle": Variant("CSL+FN oracle", ("method.name=simclr", "fn.detector=oracle"), "contrastive + FN",
+                             "csl"),
+    "supcon": Variant("SupCon (labels as positives)", ("method.name=supcon", _NO_FN), "contrastive + FN"),
+    "byol": Variant("BYOL", ("method.name=byol", _NO_FN), "negative-free"),
+    "simsiam": Variant("SimSiam", ("method.name=simsiam", _NO_FN), "negative-free"),
+    "vicreg": Variant("VICReg", ("method.name=vicreg", _NO_FN), "negative-free"),
+    "barlow": Variant("Barlow Twins", ("method.name=barlow", _NO_FN), "negative-free"),
 }
 for _m in ("clae", "rocl", "acl"):
-    VARIANTS[_m] = Variant(_m.upper(), (f"method.name={_m}", "fn.detector=none"))
-    VARIANTS[f"{_m}_fn"] = Variant(f"{_m.upper()}+FN", (f"method.name={_m}",), True, _m)
+    VARIANTS[_m] = Variant(_m.upper(), (f"method.name={_m}", _NO_FN), "adversarial contrastive")
+    VARIANTS[f"{_m}_fn"] = Variant(f"{_m.upper()}+FN", (f"method.name={_m}",), "adversarial contrastive", _m)
+
+TEMPERATURE_VARIANT = re.compile(r"csl_t(\d+(?:\.\d+)?)")
+
+
+def temperature_variant(temperature: float) -> str:
+    """The name of CSL at ``temperature`` (``csl_t0.05``)."""
+    return f"csl_t{temperature:g}"
+
+
+def variant_spec(name: str) -> Variant:
+    """The :class:`Variant` of a name: one of :data:`VARIANTS` or ``csl_t<T>`` (SimCLR at temperature T)."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    match = TEMPERATURE_VARIANT.fullmatch(name)
+    if match and float(match.group(1)) > 0:
+        t = float(match.group(1))
+        return Variant(f"CSL (SimCLR) t={t:g}", ("method.name=simclr", _NO_FN, f"method.temperature={t:g}"),
+                       "contrastive")
+    raise ConfigError(f"unknown study variant {name!r}; known: {', '.join(VARIANTS)}, csl_t<temperature>")
 
 
 @dataclass
@@ -65,8 +112,10 @@ class Track:
     name: str
     config: str  # base training config (path relative to the study file)
     overrides: list[str] = field(default_factory=list)
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS))
+    variants: list[str] = field(default_factory=lambda: [v for v in VARIANTS if v != "random_init"])
     variant_overrides: dict[str, list[str]] = field(default_factory=dict)  # extra overrides per variant
+    seeds: list[int] | None = bounded(None, ge=0)  # None = the study's seeds
+    variant_seeds: dict[str, list[int]] = field(default_factory=dict)  # fewer seeds for some variants
     eval: dict[str, Any] = field(default_factory=dict)  # merged over the study's eval section
 
 
@@ -75,6 +124,8 @@ class StudyConfig:
     name: str = "study"
     runs_dir: str = "runs/study"
     tracks: list[Track] = field(default_factory=list)
+    seeds: list[int] = bounded([0], ge=0)  # train.seed of each sub-run; every variant is trained per seed
+    csl_temperatures: list[float] = bounded([], gt=0)  # adds csl_t<T> to every track (the uniformity sweep)
     fn_threshold: float = bounded(0.8, ge=-1.0, le=1.0)  # the threshold detector's cosine cut-off
     fn_topk: int = bounded(5, ge=1)
     fn_warmup_epochs: int = bounded(0, ge=0)
@@ -82,10 +133,20 @@ class StudyConfig:
     device: str = "auto"
     headline_norm: str = "linf"
     headline_eps: float = bounded(2.0, ge=0)  # x 255 for linf; raw for l2
-    min_gap: float = bounded(0.02, ge=0)  # below this RA_sl - RA_csl, "gap closed" is n/a
+    n_boot: int = bounded(2000, ge=100)  # bootstrap replicates of every interval
+    confidence: float = bounded(0.95, gt=0, lt=1)  # level of every interval
     progress: bool = True
     eval: dict[str, Any] = field(default_factory=dict)
     source: str | None = None  # where the config was read from (set by load_study_config)
+
+    def track_seeds(self, track: Track, variant: str) -> list[int]:
+        """The seeds ``variant`` is trained with on ``track``."""
+        return list(track.variant_seeds.get(variant, track.seeds if track.seeds is not None else self.seeds))
+
+
+def _unique(values: list[Any], key: str) -> None:
+    if not values or len(set(values)) != len(values):
+        raise ConfigError(f"study key '{key}' must list distinct values, at least one, got {values}")
 
 
 def load_study_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
@@ -93,60 +154,130 @@ def load_study_config(path: str | os.PathLike, overrides: list[str] | tuple[str,
     from vidcsl.config import _build, apply_overrides
 
     path = Path(path)
+    where = f"study config {str(path)!r}"
     if not path.is_file():
-        raise ValueError(f"study config {str(path)!r} does not exist")
+        raise ConfigError(f"{where} does not exist")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"study config {str(path)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"{where} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
-        raise ValueError(f"study config {str(path)!r} must hold a mapping")
+        raise ConfigError(f"{where} must hold a mapping")
     raw = apply_overrides(raw, overrides)
     tracks = raw.pop("tracks", None)
     if not isinstance(tracks, list) or not tracks:
-        raise ValueError(f"study config {str(path)!r}: 'tracks' must be a non-empty list")
+        raise ConfigError(f"{where}: 'tracks' must be a non-empty list")
     cfg = _build(StudyConfig, raw, "")
     cfg.tracks = [_build(Track, t, f"tracks[{i}].") for i, t in enumerate(tracks)]
     cfg.source = str(path)
+    _unique(cfg.seeds, "seeds")
+    if len(set(cfg.csl_temperatures)) != len(cfg.csl_temperatures):
+        raise ConfigError(f"{where}: 'csl_temperatures' repeats a value: {cfg.csl_temperatures}")
     for i, t in enumerate(cfg.tracks):
+        at = f"{where}: tracks[{i}]"
         cfg_path = (path.parent / t.config) if not Path(t.config).is_absolute() else Path(t.config)
         if not cfg_path.is_file():
-            raise ValueError(f"study config {str(path)!r}: tracks[{i}].config {t.config!r} does not exist "
-                             f"(looked for {cfg_path})")
+            raise ConfigError(f"{at}.config {t.config!r} does not exist (looked for {cfg_path})")
         t.config = str(cfg_path)
-        unknown = [v for v in t.variants if v not in VARIANTS]
-        if unknown:
-            raise ValueError(f"study config {str(path)!r}: tracks[{i}].variants has unknown {unknown}; "
-                             f"known: {list(VARIANTS)}")
-        bad = [v for v in t.variant_overrides if v not in t.variants]
-        if bad:
-            raise ValueError(f"study config {str(path)!r}: tracks[{i}].variant_overrides names {bad}, "
-                             f"which are not in its variants")
+        t.variants += [temperature_variant(x) for x in cfg.csl_temperatures
+                       if temperature_variant(x) not in t.variants]
+        for v in t.variants:
+            try:
+                variant_spec(v)
+            except ConfigError as err:
+                raise ConfigError(f"{at}.variants: {err}") from None
+        if len(set(t.variants)) != len(t.variants):
+            raise ConfigError(f"{at}.variants repeats a variant: {t.variants}")
+        for key, named in (("variant_overrides", t.variant_overrides), ("variant_seeds", t.variant_seeds)):
+            bad = [v for v in named if v not in t.variants]
+            if bad:
+                raise ConfigError(f"{at}.{key} names {bad}, which are not in its variants")
+        if t.seeds is not None:
+            _unique(t.seeds, f"tracks[{i}].seeds")
+        for v, seeds in t.variant_seeds.items():
+            if not isinstance(seeds, list) or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0
+                                                      for s in seeds):
+                raise ConfigError(f"{at}.variant_seeds.{v} must be a list of seeds (integers >= 0), got {seeds!r}")
+            _unique(seeds, f"tracks[{i}].variant_seeds.{v}")
         eval_config_from_dict({**cfg.eval, **t.eval})  # fail early on a bad eval key
     if len({t.name for t in cfg.tracks}) != len(cfg.tracks):
-        raise ValueError(f"study config {str(path)!r}: track names must be unique")
+        raise ConfigError(f"{where}: track names must be unique")
     if cfg.headline_norm not in ("linf", "l2"):
-        raise ValueError(f"study key 'headline_norm' must be linf or l2, got {cfg.headline_norm!r}")
+        raise ConfigError(f"study key 'headline_norm' must be linf or l2, got {cfg.headline_norm!r}")
     if cfg.adv_fn_detector not in ("threshold", "topk", "oracle"):
-        raise ValueError(f"study key 'adv_fn_detector' must be threshold, topk or oracle, got {cfg.adv_fn_detector!r}")
+        raise ConfigError(f"study key 'adv_fn_detector' must be threshold, topk or oracle, got {cfg.adv_fn_detector!r}")
     return cfg
 
 
-def variant_config(study: StudyConfig, track: Track, variant: str, run_dir: Path) -> Any:
-    """The training :class:`vidcsl.config.Config` of one sub-run."""
+def sub_run_dir(root: str | os.PathLike, track: str, variant: str, seed: int) -> Path:
+    """Where one (variant, seed) of a track is trained and evaluated."""
+    return Path(root) / track / variant / f"seed{seed}"
+
+
+def variant_config(study: StudyConfig, track: Track, variant: str, run_dir: Path, seed: int = 0, *,
+                   check_paths: bool = True) -> Any:
+    """The training :class:`vidcsl.config.Config` of one sub-run: the track's config, the variant's
+    overrides, the study's FN settings, the track's extra overrides for the variant, then the run's name,
+    folder, device and ``train.seed``. Nothing else differs between the variants of a track, so they share
+    epochs, batch size, augmentations, encoder and optimiser unless ``variant_overrides`` says otherwise
+    (the report checks this on the configs themselves: :func:`budget_sharing`)."""
     from vidcsl.config import load_config
 
-    v = VARIANTS[variant]
+    v = variant_spec(variant)
     extra = list(v.overrides)
     if v.fn and not any(o.startswith("fn.detector=") for o in extra):
         extra.append(f"fn.detector={study.adv_fn_detector}")
     fn = [f"fn.threshold={study.fn_threshold}", f"fn.topk={study.fn_topk}",
           f"fn.warmup_epochs={study.fn_warmup_epochs}"]
-    run = [f"train.name={variant}", f"train.runs_dir={run_dir.parent}", f"train.progress={str(study.progress).lower()}"]
+    run = [f"train.name={run_dir.name}", f"train.runs_dir={run_dir.parent}",
+           f"train.progress={str(study.progress).lower()}", f"train.seed={seed}"]
     if study.device != "auto":
         run.append(f"train.device={study.device}")
     return load_config(track.config, [*track.overrides, *extra, *fn, *track.variant_overrides.get(variant, []),
-                                      *run])
+                                      *run], check_paths=check_paths)
+
+
+RUN_KEYS = ("train.name", "train.runs_dir", "train.progress", "train.tensorboard", "train.device", "train.seed")
+
+
+def _flat(cfg: Any) -> dict[str, Any]:
+    from vidcsl.config import config_to_dict
+
+    return {f"{s}.{k}": v for s, keys in config_to_dict(cfg).items() if isinstance(keys, dict)
+            for k, v in keys.items() if f"{s}.{k}" not in RUN_KEYS}
+
+
+def recipe_differences(cfg: Any, reference: Any) -> dict[str, list[Any]]:
+    """``{key: [value, reference value]}`` for every training key two sub-run configs set differently
+    (the run's own name, folder, device and seed left out)."""
+    a, b = _flat(cfg), _flat(reference)
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+BUDGET_KEYS = ("train.epochs", "train.max_steps", "train.batch_size", "train.accumulate", "model.encoder")
+
+
+def budget_sharing(sl: Any, csl: Any) -> dict[str, Any]:
+    """What the SL and CSL sub-runs share, read off their configs: the budget keys, every ``data.*`` key
+    (augmentations: SL trains with SimCLR's when ``data.supervised_augment`` is ``contrastive``, the only
+    data key that matters to SL alone), every ``optim.*`` key, and how many augmented views of each image
+    a step sees. ``differs`` lists every key set differently."""
+    a, b = _flat(sl), _flat(csl)
+    diff = recipe_differences(sl, csl)
+    shared = {k: a[k] for k in BUDGET_KEYS if k in a and a.get(k) == b.get(k)}
+    not_shared = {k: diff[k] for k in BUDGET_KEYS if k in diff}
+    data_diff = [k for k in diff if k.startswith("data.") and k != "data.supervised_augment"]
+    sl_aug = a.get("data.supervised_augment") == "contrastive"
+    augment = {"shared": sl_aug and not data_diff,
+               "detail": ("SimCLR's augmentations (data.supervised_augment = contrastive) and every other data.* "
+                          "key equal" if sl_aug and not data_diff else
+                          "SL trains with data.supervised_augment = " + repr(a.get("data.supervised_augment"))
+                          + (f"; data keys differ: {', '.join(data_diff)}" if data_diff else ""))}
+    optim_diff = [k for k in diff if k.startswith("optim.")]
+    sl_views = 2 if (sl.method.options or {}).get("two_views") else 1
+    return {"compared": ["sl", "csl"], "shared": shared, "not_shared": not_shared, "augmentations": augment,
+            "optimiser": {"shared": not optim_diff, "differs": {k: diff[k] for k in optim_diff}},
+            "views_per_step": {"sl": sl_views, "csl": 2}, "differs": diff}
 
 
 def _same_config(saved: Path, cfg: Any) -> bool:
@@ -164,17 +295,46 @@ def _same_config(saved: Path, cfg: Any) -> bool:
     return old == new
 
 
-def train_variant(cfg: Any, run_dir: Path) -> str:
-    """Train one sub-run unless it already finished -> "trained" | "resumed" | "kept"."""
+def write_untrained_run(cfg: Any, run_dir: Path) -> None:
+    """A run folder holding the method at initialisation (seeded with ``train.seed`` as a trained run
+    would be): ``config.yaml``, ``checkpoints/last.pt`` with 0 steps, and ``metrics.json`` saying it was
+    not trained. Evaluating it probes the random encoder's features (docs/study.md, "random_init")."""
+    from vidcsl.config import config_to_dict, config_yaml
+    from vidcsl.data.factory import build_datasets
+    from vidcsl.methods.base import build_method, method_class
+    from vidcsl.train.checkpoint import CHECKPOINT_DIR, LAST, build_encoder_of, save_checkpoint
+    from vidcsl.train.logging import write_json, write_text_atomic
+    from vidcsl.train.trainer import METRICS, seed_everything
+
+    seed_everything(cfg.train.seed)
+    cls = method_class(cfg.method.name)
+    num_classes = build_datasets(cfg.data, cls.data_mode, views=cls.views_for(cfg), seed=cfg.train.seed).num_classes
+    method = build_method(cfg, build_encoder_of(cfg), num_classes)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", config_yaml(cfg))
+    save_checkpoint(run_dir / CHECKPOINT_DIR / LAST, {
+        "version": 1, "model": method.state_dict(), "num_classes": num_classes, "config": config_to_dict(cfg),
+        "progress": {"epoch": 0, "step_in_epoch": 0, "global_step": 0}})
+    write_json(run_dir / METRICS, {"method": cfg.method.name, "encoder": cfg.model.encoder,
+                                   "dataset": cfg.data.kind, "untrained": True, "epochs_completed": 0,
+                                   "global_step": 0, "train_seconds": 0.0})
+
+
+def train_variant(cfg: Any, run_dir: Path, untrained: bool = False) -> str:
+    """Train one sub-run unless it already finished -> "trained" | "resumed" | "kept" (``untrained``:
+    write the method at initialisation instead, :func:`write_untrained_run`)."""
     from vidcsl.train.checkpoint import CHECKPOINT_DIR, LAST
-    from vidcsl.train.trainer import Trainer
+    from vidcsl.train.trainer import METRICS, Trainer
 
     if (run_dir / "config.yaml").is_file() and not _same_config(run_dir / "config.yaml", cfg):
-        raise ValueError(f"sub-run {str(run_dir)!r} was trained with a different config than the study now asks "
-                         f"for; delete it or choose another runs_dir")
+        raise RunFolderError(f"sub-run {str(run_dir)!r} was trained with a different config than the study now "
+                             f"asks for; delete it or choose another runs_dir")
     ckpt = run_dir / CHECKPOINT_DIR / LAST
-    if (run_dir / "metrics.json").is_file() and ckpt.is_file():
+    if (run_dir / METRICS).is_file() and ckpt.is_file():
         return "kept"
+    if untrained:
+        write_untrained_run(cfg, run_dir)
+        return "trained"
     resume = ckpt.is_file()
     Trainer(cfg, run_dir=run_dir, resume=resume).fit()
     return "resumed" if resume else "trained"
@@ -203,15 +363,11 @@ def available(variant: str) -> bool:
     """Whether the variant's training method exists in this installation."""
     from vidcsl.methods.base import method_class
 
-    name = next(o.split("=", 1)[1] for o in VARIANTS[variant].overrides if o.startswith("method.name="))
     try:
-        method_class(name)
+        method_class(variant_spec(variant).method)
     except ValueError:
         return False
     return True
-
-
-# ------------------------------------------------------------------------------------------ analysis
 
 
 def robust_at(ev: dict[str, Any], norm: str, eps: float) -> float | None:
@@ -223,239 +379,71 @@ def robust_at(ev: dict[str, Any], norm: str, eps: float) -> float | None:
     return None
 
 
-def gap_closed(ra_sl: float | None, ra_csl: float | None, ra_fn: float | None, min_gap: float,
-               n: int | None = None) -> tuple[float | None, str]:
-    """(RA_fn - RA_csl) / (RA_sl - RA_csl), or (None, why) when the denominator is too small or missing.
-
-    "Too small": not above ``min_gap`` nor, given the sample count ``n``, above two binomial standard
-    errors of the difference (below that the sign of the gap is not resolved by the data).
-    """
-    if ra_sl is None or ra_csl is None or ra_fn is None:
-        return None, "n/a: a robust accuracy it needs was not measured"
-    gap = ra_sl - ra_csl
-    floor, why = min_gap, f"min_gap {min_gap}"
-    if n:
-        se2 = 2 * math.sqrt((ra_sl * (1 - ra_sl) + ra_csl * (1 - ra_csl)) / n)
-        if se2 > floor:
-            floor, why = se2, f"two standard errors ({se2:.4f}) of the difference at n = {n}"
-    if gap <= floor:
-        return None, (f"n/a: RA_sl - RA_csl = {gap:+.4f} is not above {why}; the ratio is undefined or "
-                      f"dominated by sampling noise")
-    return (ra_fn - ra_csl) / gap, ""
-
-
-def protocol_levels(ev: dict[str, Any]) -> dict[str, dict[str, dict[str, Any]]]:
-    """Clean, robust (the first sweep attack, per eps) and mean corruption accuracy of every protocol and
-    level an eval.json holds: {protocol: {level: {...}}} (standard/image or standard/clip is the headline)."""
-    attack = ev.get("robust_attack", "pgd")
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for name, p in (ev.get("protocols") or {}).items():
-        for level, s in p["levels"].items():
-            sweep = s["robust"].get(attack, {})
-            out.setdefault(name, {})[level] = {
-                "clean_acc": s["clean_acc"], "n_samples": s["n_samples"],
-                "robust_linf": {str(e["eps_255"]): e["acc"] for e in sweep.get("linf", [])},
-                "robust_l2": {str(e["eps"]): e["acc"] for e in sweep.get("l2", [])},
-                "autoattack": (s.get("autoattack") or {}).get("acc"),
-                "corruption_mean": (s.get("corruptions") or {}).get("mean"),
-                "sanity_pass": (s.get("sanity") or {}).get("pass")}
-    return out
-
-
-def analyse_track(study: StudyConfig, track: Track, evals: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """Per-variant rows plus the gap and gap-closed figures at the headline epsilon (and at every eps)."""
-    norm, eps = study.headline_norm, study.headline_eps
-    ra = {v: robust_at(ev, norm, eps) for v, ev in evals.items()}
-    all_eps = sorted({(e["eps_255"] if n == "linf" else e["eps"]) for ev in evals.values()
-                      for n in (norm,) for e in ev["robust"].get(n, [])})
-    gaps = {}
-    for e in all_eps:
-        sl, csl = (robust_at(evals[v], norm, e) if v in evals else None for v in ("sl", "csl"))
-        gaps[str(e)] = None if sl is None or csl is None else sl - csl
-    rows = []
-    for v, ev in evals.items():
-        var = VARIANTS[v]
-        closed, why = None, ""
-        gain = None
-        if var.fn and var.base == "csl":
-            closed, why = gap_closed(ra.get("sl"), ra.get("csl"), ra[v], study.min_gap, ev["n_samples"])
-        if var.fn and var.base in evals and ra.get(var.base) is not None and ra[v] is not None:
-            gain = ra[v] - ra[var.base]
-        det = ev.get("fn_detector_stats") or {}
-        rep = ev["representation"]
-        rows.append({
-            "variant": v, "label": var.label, "method": ev["method"], "fn_detector": ev["fn_detector"],
-            "clean_acc": ev["clean_acc"], "clean_acc_multiclip": ev.get("clean_acc_multiclip"),
-            "robust_linf": {str(e["eps_255"]): e["acc"] for e in ev["robust"].get("linf", [])},
-            "robust_l2": {str(e["eps"]): e["acc"] for e in ev["robust"].get("l2", [])},
-            "headline_ra": ra[v], "corruption_mean": ev["corruptions"]["mean"],
-            "corruption_family_mean": ev["corruptions"]["family_mean"],
-            "uniformity": rep["uniformity"], "alignment": rep["alignment"],
-            "inter_intra_ratio": rep["inter_intra_ratio"], "sensitivity_random": rep["sensitivity_random"],
-            "sensitivity_adversarial": rep["sensitivity_adversarial"],
-            "fn_precision": det.get("precision"), "fn_recall": det.get("recall"),
-            "fn_gain": gain, "gap_closed": closed, "gap_closed_note": why, "n_samples": ev["n_samples"],
-            "eval_dir": str(Path(ev["run"]) / "eval"), "protocols": protocol_levels(ev),
-        })
-    gap = None if ra.get("sl") is None or ra.get("csl") is None else ra["sl"] - ra["csl"]
-    return {"track": track.name, "config": track.config, "headline": {"norm": norm, "eps": eps},
-            "robustness_gap": gap, "robustness_gap_per_eps": gaps, "rows": rows,
-            "is_video": next(iter(evals.values()))["is_video"] if evals else None,
-            "num_classes": next(iter(evals.values()))["num_classes"] if evals else None}
-
-
-# -------------------------------------------------------------------------------------------- report
-
-MAIN_COLUMNS = [("variant", "variant"), ("clean", "clean_acc"), ("clean multi-clip", "clean_acc_multiclip"),
-                ("RA headline", "headline_ra"), ("mean corruption", "corruption_mean"),
-                ("uniformity", "uniformity"), ("alignment", "alignment"), ("FN precision", "fn_precision"),
-                ("FN recall", "fn_recall"), ("FN gain (RA)", "fn_gain"), ("gap closed", "gap_closed")]
-
-
-def main_table(track: dict[str, Any]) -> str:
-    """The track's main Markdown table (its numbers are the JSON's, printed with ``fmt``)."""
-    rows = [[r[key] if key != "variant" else r["variant"] for _, key in MAIN_COLUMNS] for r in track["rows"]]
-    return markdown_table([h for h, _ in MAIN_COLUMNS], rows)
-
-
-def _plots(track: dict[str, Any], out: Path) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    name = track["track"]
-    files = []
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-    for ax, key, xlabel in ((axes[0], "robust_linf", "eps x 255 (L-inf)"), (axes[1], "robust_l2", "eps (L2)")):
-        for r in track["rows"]:
-            pts = sorted((float(e), a) for e, a in r[key].items())
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=r["variant"])
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("robust accuracy")
-        ax.set_ylim(0, 1)
-    axes[1].legend(fontsize=7)
-    fig.suptitle(f"{name}: PGD robust accuracy")
-    fig.tight_layout()
-    fig.savefig(out / f"{name}_accuracy_vs_eps.png", dpi=100)
-    plt.close(fig)
-    files.append(f"{name}_accuracy_vs_eps.png")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    variants = [r["variant"] for r in track["rows"]]
-    axes[0].bar(variants, [r["uniformity"] for r in track["rows"]])
-    axes[0].set_ylabel("uniformity (lower = more uniform)")
-    families = sorted({f for r in track["rows"] for f in r["corruption_family_mean"]})
-    width = 0.8 / max(1, len(families))
-    for k, fam in enumerate(families):
-        axes[1].bar([i + k * width for i in range(len(variants))],
-                    [r["corruption_family_mean"].get(fam, math.nan) for r in track["rows"]], width, label=fam)
-    axes[1].set_xticks([i + 0.4 - width / 2 for i in range(len(variants))], variants)
-    axes[1].set_ylabel("corruption accuracy")
-    axes[1].set_ylim(0, 1)
-    axes[1].legend(fontsize=7)
-    for ax in axes:
-        ax.tick_params(axis="x", rotation=60)
-    fig.tight_layout()
-    fig.savefig(out / f"{name}_uniformity_corruptions.png", dpi=100)
-    plt.close(fig)
-    files.append(f"{name}_uniformity_corruptions.png")
-    return files
-
-
-def csv_rows(tracks: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
-    eps_linf = sorted({e for t in tracks for r in t["rows"] for e in r["robust_linf"]}, key=float)
-    eps_l2 = sorted({e for t in tracks for r in t["rows"] for e in r["robust_l2"]}, key=float)
-    scalar = [k for _, k in MAIN_COLUMNS if k != "variant"] + ["inter_intra_ratio", "sensitivity_random",
-                                                               "sensitivity_adversarial", "n_samples"]
-    headers = ["track", "variant", "method", "fn_detector", *scalar, *[f"ra_linf_{e}" for e in eps_linf],
-               *[f"ra_l2_{e}" for e in eps_l2]]
-    rows = [[t["track"], r["variant"], r["method"], r["fn_detector"], *[r[k] for k in scalar],
-             *[r["robust_linf"].get(e) for e in eps_linf], *[r["robust_l2"].get(e) for e in eps_l2]]
-            for t in tracks for r in t["rows"]]
-    return headers, rows
-
-
-def write_study_report(study: StudyConfig, tracks: list[dict[str, Any]], out: Path,
-                       notes: list[str]) -> Path:
-    """``report.md``, ``study.json``, ``study.csv`` and per-track PNGs into ``out``."""
-    from vidcsl.train.logging import write_json
-
-    out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "study.json", {"name": study.name, "source": study.source, "min_gap": study.min_gap,
-                                    "tracks": tracks, "notes": notes})
-    write_csv_rows(out / "study.csv", *csv_rows(tracks))
-    unit = "/255" if study.headline_norm == "linf" else ""
-    lines = [f"# Study `{study.name}`", "",
-             f"Config `{study.source}`. Every number below was measured by this run of the study (sub-runs in "
-             f"`{study.runs_dir}`); they are what these models, budgets and subsets gave, not a test of any "
-             "paper's claim. Robust accuracy (RA) is from PGD on encoder + linear probe (SL: its own "
-             f"classifier); the headline RA is at {study.headline_norm} eps = {fmt(study.headline_eps, 3)}{unit}. "
-             "Gap closed = (RA_fn - RA_csl) / (RA_sl - RA_csl) at that eps; FN gain = RA of the variant "
-             "minus RA of the same method without FN removal.", ""]
-    for t in tracks:
-        lines += [f"## Track `{t['track']}`", "", f"Training config `{t['config']}`; "
-                  f"{t['rows'][0]['n_samples'] if t['rows'] else 0} evaluation samples; {t['num_classes']} "
-                  f"classes (chance accuracy {fmt(1 / t['num_classes'])}).", "",
-                  main_table(t), ""]
-        gap = t["robustness_gap"]
-        lines.append(f"Robustness gap RA_sl - RA_csl at the headline eps: {fmt(gap)}"
-                     + ("" if gap is None else (" (SL higher)" if gap > 0 else " (SL not higher)")) + ".")
-        for r in t["rows"]:
-            if r["gap_closed_note"]:
-                lines.append(f"- `{r['variant']}` gap closed: {r['gap_closed_note']}")
-        per_eps = [[e, g] for e, g in t["robustness_gap_per_eps"].items()]
-        lines += ["", f"Gap RA_sl - RA_csl per eps ({t['headline']['norm']}):", "",
-                  markdown_table(["eps", "gap"], per_eps), ""]
-        linf = sorted({e for r in t["rows"] for e in r["robust_linf"]}, key=float)
-        l2 = sorted({e for r in t["rows"] for e in r["robust_l2"]}, key=float)
-        lines += ["Robust accuracy per eps (L-inf eps x 255 | L2 eps):", "",
-                  markdown_table(["variant", *[f"linf {e}" for e in linf], *[f"l2 {e}" for e in l2]],
-                                 [[r["variant"], *[r["robust_linf"].get(e) for e in linf],
-                                   *[r["robust_l2"].get(e) for e in l2]] for r in t["rows"]]), ""]
-        lines += [f"![{p}]({p})" for p in _plots(t, out)] + [""]
-        lines += ["Per-run reports: " + ", ".join(f"[{r['variant']}]({os.path.relpath(r['eval_dir'], out)}/report.md)"
-                                                  for r in t["rows"]), ""]
-    if notes:
-        lines += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
-    (out / "report.md").write_text("\n".join(lines))
-    return out / "report.md"
-
-
 # ---------------------------------------------------------------------------------------------- driver
 
 
-def run_study(study: StudyConfig, eval_overrides: list[str] | tuple[str, ...] = ()) -> Path:
-    """Train (or keep) and evaluate every sub-run, then write the comparison; returns the report path."""
-    start = time.perf_counter()
-    root = Path(study.runs_dir)
-    notes: list[str] = []
-    jobs = []
+@dataclass
+class Job:
+    track: Track
+    variant: str
+    seed: int
+    run_dir: Path
+    cfg: Any  # vidcsl.config.Config
+    ecfg: EvalConfig
+
+
+def plan_jobs(study: StudyConfig, eval_overrides: list[str] | tuple[str, ...] = ()) -> tuple[list[Job], list[str]]:
+    """Every sub-run's training and evaluation config, built and checked (attacks against the track's data
+    included) before anything trains -> (jobs, notes on skipped variants)."""
+    from vidcsl.config import IMAGE_KINDS
+
+    jobs, notes = [], []
     for t in study.tracks:
+        base = eval_config_from_dict({**study.eval, **t.eval, "progress": study.progress, "device": study.device},
+                                     eval_overrides)
+        checked = False
         for v in t.variants:
-            if available(v):
-                jobs.append((t, v))
-            else:
+            if not available(v):
                 notes.append(f"track {t.name}: variant {v} skipped: its training method is not installed")
-    results: dict[str, dict[str, dict[str, Any]]] = {t.name: {} for t in study.tracks}
-    # every sub-run's training and evaluation config is built (and checked) before anything trains
-    configs = {(t.name, v): variant_config(study, t, v, root / t.name / v) for t, v in jobs}
-    evals = {(t.name, v): for_run(eval_config_from_dict({**study.eval, **t.eval, "progress": study.progress,
-                                                         "device": study.device}, eval_overrides),
-                                  configs[(t.name, v)].method.name == "supervised") for t, v in jobs}
+                continue
+            for seed in study.track_seeds(t, v):
+                run_dir = sub_run_dir(study.runs_dir, t.name, v, seed)
+                cfg = variant_config(study, t, v, run_dir, seed)
+                if not checked:
+                    base.check_attacks(cfg.data.kind not in IMAGE_KINDS)
+                    checked = True
+                jobs.append(Job(t, v, seed, run_dir, cfg, for_run(base, cfg.method.name == "supervised")))
+    return jobs, notes
+
+
+def run_study(study: StudyConfig, eval_overrides: list[str] | tuple[str, ...] = ()) -> Path:
+    """Train (or keep) and evaluate every sub-run, then compare and report; returns the report path."""
+    from vidcsl.robustness.comparison import analyse_study
+    from vidcsl.train.trainer import NonFiniteLossError
+
+    start = time.perf_counter()
+    jobs, notes = plan_jobs(study, eval_overrides)
+    failed: set[tuple[str, str, int]] = set()
     bar = tqdm(jobs, desc=f"study {study.name}", disable=not study.progress, position=0)
-    for t, v in bar:
-        bar.set_postfix_str(f"{t.name}/{v}")
-        run_dir = root / t.name / v
-        cfg = configs[(t.name, v)]
-        how = train_variant(cfg, run_dir)
-        results[t.name][v] = evaluate_variant(run_dir, evals[(t.name, v)])
+    for job in bar:
+        bar.set_postfix_str(f"{job.track.name}/{job.variant}/seed{job.seed}")
+        try:
+            how = train_variant(job.cfg, job.run_dir, variant_spec(job.variant).untrained)
+        except NonFiniteLossError as err:  # diverged or collapsed: left out, the others go on
+            notes.append(f"{job.track.name}/{job.variant}/seed{job.seed}: training stopped ({err}); left out of "
+                         "the comparison")
+            failed.add((job.track.name, job.variant, job.seed))
+            continue
+        evaluate_variant(job.run_dir, job.ecfg)
         if how == "kept":
-            notes.append(f"{t.name}/{v}: training kept from an earlier run of the study")
+            notes.append(f"{job.track.name}/{job.variant}/seed{job.seed}: training kept from an earlier run")
     bar.close()
-    tracks = [analyse_track(study, t, results[t.name]) for t in study.tracks if results[t.name]]
-    notes.append(f"study wall time {time.perf_counter() - start:.0f} s")
-    return write_study_report(study, tracks, root, notes)
+    done = [j for j in jobs if (j.track.name, j.variant, j.seed) not in failed]
+    result = analyse_study(study, done)
+    result["notes"] = notes + [f"study wall time {time.perf_counter() - start:.0f} s"]
+    from vidcsl.report.study_report import write_study_report
+
+    return write_study_report(result, Path(study.runs_dir))
 
 
 # ------------------------------------------------------------------------------- non-robust features
