@@ -156,7 +156,8 @@ def test_study_keys_have_domains(tmp_path):
     path = tmp_path / "study.yaml"
     path.write_text(yaml.safe_dump(study))
     assert load_study_config(path).fn_topk == 5
-    for override, message in (("fn_topk=0", "'fn_topk' must be >= 1"), ("min_gap=-1", "'min_gap' must be >= 0"),
+    for override, message in (("fn_topk=0", "'fn_topk' must be >= 1"), ("n_boot=10", "'n_boot' must be >= 100"),
+                              ("confidence=1", "'confidence' must be > 0 and < 1"), ("seeds=[-1]", r"'seeds\[0\]' must be >= 0"),
                               ("fn_threshold=2", "'fn_threshold' must be >= -1 and <= 1")):
         with pytest.raises(ConfigError, match=message):
             load_study_config(path, [override])
