@@ -69,6 +69,7 @@ class Method(nn.Module):
     ddp_find_unused: ClassVar[bool] = False  # set if some parameters get no gradient in a step
     settings_class: ClassVar[type] = NoSettings  # dataclass of the method's ``method.options``
     has_negatives: ClassVar[bool] = True  # False: the false-negative options (``fn``) cannot apply
+    own_classifier: ClassVar[bool] = False  # True: a trained classifier of its own (evaluated as is, no probe)
 
     @classmethod
     def views_for(cls, cfg: Any) -> int:
@@ -128,7 +129,10 @@ class Method(nn.Module):
 
 
 METHODS: dict[str, type[Method]] = {}
-BUILT_IN = ("simclr", "moco", "supcon", "supervised", "clae", "rocl", "acl", "byol", "simsiam", "vicreg", "barlow")
+BUILT_IN = ("simclr", "moco", "supcon", "supervised", "supervised_at", "clae", "rocl", "acl", "byol", "simsiam",
+            "vicreg", "barlow")
+# Methods whose module is not named after them.
+MODULE_OF = {"supervised_at": "adversarial_training"}
 
 
 def register_method(name: str) -> Callable[[type[Method]], type[Method]]:
@@ -146,9 +150,9 @@ def method_class(name: str) -> type[Method]:
     """Look a method up by name, importing ``vidcsl.methods.<name>`` on first use."""
     if name not in METHODS:
         try:
-            importlib.import_module(f"vidcsl.methods.{name}")
+            importlib.import_module(f"vidcsl.methods.{MODULE_OF.get(name, name)}")
         except ModuleNotFoundError as err:
-            if err.name != f"vidcsl.methods.{name}":
+            if err.name != f"vidcsl.methods.{MODULE_OF.get(name, name)}":
                 raise
     if name not in METHODS:
         known = sorted(set(METHODS) | set(BUILT_IN))

@@ -30,6 +30,7 @@ class Supervised(Method):
     views = 1
     data_mode = "supervised"
     settings_class = SupervisedSettings
+    own_classifier = True
 
     @classmethod
     def views_for(cls, cfg: Any) -> int:

@@ -4,13 +4,13 @@
     vidcsl evaluate runs/digits_simclr eval.n_samples=200 eval.norms=[linf]
     vidcsl study configs/study_cifar10_resnet18.yaml        # the whole comparison, resumable
     vidcsl demo                                             # the small study on the embedded data (CPU)
-    vidcsl nonrobust runs/digits_simclr --robust-run runs/study_demo/images/acl
+    vidcsl nonrobust configs/nonrobust_demo.yaml               # the source x target matrix (make demo-nonrobust)
+    vidcsl nonrobust runs/digits_simclr --robust-run runs/digits_supervised_at
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,26 +71,25 @@ def add_commands(subparsers: Any) -> None:
     p.set_defaults(func=_cmd_demo)
 
     p = subparsers.add_parser(
-        "nonrobust", help="robust / non-robust feature datasets from encoders, then SL and CSL trained on each",
-        formatter_class=fmt,
-        description="Ilyas et al.'s experiment (2019) for SL and CSL. From RUN's encoder (a standard model) "
-        "build the non-robust set (each training image replaced by another one moved, within an L2 ball, until "
-        "the encoder sees the features of the original; it keeps the original label) and, from --robust-run's "
-        "encoder (an adversarially trained model), the robust set (no ball). Each is saved as .npz + .json "
-        "provenance. Then an SL and a CSL model are trained on each synthetic set and evaluated on the real "
-        "test set; the report is the paradigm x dataset matrix of clean and robust accuracy. Images only.")
-    p.add_argument("run", metavar="RUN", help="run whose encoder builds the non-robust set")
-    p.add_argument("--robust-run", default=None, help="run whose (robust) encoder builds the robust set "
-                   "(default: RUN itself)")
-    p.add_argument("--out", default=None, help="output folder (default: RUN/nonrobust)")
-    p.add_argument("--n-train", type=int, default=1000, help="training images to rebuild (default 1000)")
-    p.add_argument("--steps", type=int, default=1000, help="feature-matching steps (default 1000)")
-    p.add_argument("--step-size", type=float, default=0.1, help="L2 step size in [0,1] pixel units (default 0.1)")
-    p.add_argument("--eps", type=float, default=0.5, help="L2 ball of the non-robust set (default 0.5)")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs on each set (default: the run's)")
-    p.add_argument("--eval", dest="eval_settings", action="append", default=[], metavar="KEY=VALUE",
-                   help="evaluation setting (repeatable), e.g. --eval n_samples=200")
-    p.add_argument("--device", default="auto", help="cpu | cuda | cuda:N | auto")
+        "nonrobust", help="robust / non-robust feature datasets (Ilyas et al. 2019), every paradigm trained on each",
+        formatter_class=fmt, description=_nonrobust_description())
+    p.add_argument("source", metavar="CONFIG_OR_RUN", help="a matrix YAML (configs/nonrobust_demo.yaml: sources "
+                   "trained here when missing) or one trained run folder (a standard source)")
+    p.add_argument("overrides", nargs="*", help="matrix settings 'key=value', e.g. n_train=500 eval_eps=0.5 "
+                   "sets=[nr,det,rand] (see docs/nonrobust.md)")
+    p.add_argument("--robust-run", default=None, help="run whose encoder builds D_R: an adversarially trained "
+                   "model (supervised_at, ACL, RoCL). Without it (and no robust_source in the YAML) no D_R is "
+                   "built; it is never built from RUN itself")
+    p.add_argument("--force", action="store_true", help="build D_R even when the robust source's measured robust "
+                   "accuracy is below robust_threshold (otherwise refused, exit 2)")
+    p.add_argument("--targets", default=None, help="comma-separated paradigms trained on every set (study variant "
+                   "names, csl_fn = CSL+FN with fn_detector); default sl,csl,csl_fn,byol")
+    p.add_argument("--out", default=None, help="output folder (default: the YAML's out, or RUN/nonrobust)")
+    p.add_argument("--n-train", type=int, default=None, help="real training images each set is built from")
+    p.add_argument("--steps", type=int, default=None, help="feature-matching steps of D_R / D_NR (default 1000)")
+    p.add_argument("--attack-steps", type=int, default=None, help="targeted PGD steps of D_det / D_rand (default 100)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs of every target (default: the recipe's)")
+    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N | auto")
     p.set_defaults(func=_cmd_nonrobust)
 
 
@@ -177,15 +176,63 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return _run_study_file(str(path), [f"runs_dir={runs_dir}"], [])
 
 
-def _cmd_nonrobust(args: argparse.Namespace) -> int:
-    from vidcsl.robustness.study import nonrobust_study
+def _nonrobust_description() -> str:
+    return (
+        "Ilyas et al.'s robust / non-robust feature datasets (2019), across training paradigms as in Li et al. "
+        "(2023). Sources: every standard source (RUN, or the YAML's sources: SL, CSL, CSL+FN, ...) builds D_NR "
+        "(another training image moved, inside an L2 ball nr_eps, until the source's encoder sees the features "
+        "of the original; original label), D_det and D_rand (targeted L2 PGD on the source's classifier - its "
+        "own head, or encoder + a linear probe - towards t = (y+1) mod C or a random t, relabelled t). The "
+        "robust source (--robust-run, or the YAML's robust_source: an adversarially trained model such as "
+        "supervised_at, ACL or RoCL) builds D_R (unconstrained matching through its encoder).\n\n"
+        "Refusal: every source's clean and robust accuracy (PGD at eval_eps) is measured on the real test split "
+        "first. A robust source below robust_threshold (default 0.3) is refused with exit status 2, naming its "
+        "measured robust accuracy, unless --force. Without a robust source no D_R is built (the report says "
+        "so); D_R is never built from a standard run.\n\n"
+        "Then every target paradigm (--targets) is trained from scratch on every set with one shared recipe, "
+        "the non-SL ones with a linear probe on the same synthetic set, and evaluated on the REAL test split: "
+        "clean accuracy (usefulness) and robust accuracy, source x target. Sets are cached (.npz + .json "
+        "provenance) and trained targets kept, so a rerun only does what changed. Writes report.md, "
+        "matrix_clean.csv, matrix_robust.csv, heatmap_clean.png, heatmap_robust.png and nonrobust.json. "
+        "Images only. See docs/nonrobust.md.\n\n"
+        "  vidcsl nonrobust configs/nonrobust_demo.yaml           # make demo-nonrobust\n"
+        "  vidcsl nonrobust runs/digits_simclr --robust-run runs/digits_supervised_at --targets sl,csl")
 
-    try:
-        report = nonrobust_study(args.run, robust_run=args.robust_run, out_dir=args.out, n_train=args.n_train,
-                                 steps=args.steps, step_size=args.step_size, eps=args.eps, epochs=args.epochs,
-                                 eval_settings=args.eval_settings, device=args.device)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"report: {report}\n{(report.parent / 'matrix.md').read_text()}")
+
+def _cmd_nonrobust(args: argparse.Namespace) -> int:
+    """User errors (the refusal included) reach ``vidcsl.cli.main``: one line, exit 2."""
+    from vidcsl.errors import UsageError
+    from vidcsl.report.nonrobust_report import summary_text
+    from vidcsl.robustness.nonrobust_matrix import (
+        Source,
+        check_matrix_config,
+        load_matrix_config,
+        matrix_config_for_run,
+        run_matrix,
+    )
+
+    path = Path(args.source)
+    if path.is_file() and path.suffix in (".yaml", ".yml"):
+        mcfg = load_matrix_config(path, args.overrides)
+    elif path.is_dir() or path.suffix == ".pt":
+        mcfg = matrix_config_for_run(args.source, args.overrides)
+    else:
+        raise UsageError(f"{args.source!r} is neither a matrix YAML nor a run folder / checkpoint")
+    if args.robust_run is not None:
+        mcfg.robust_source = Source(name="robust", run=args.robust_run)
+    if args.force:
+        mcfg.force = True
+    if args.targets is not None:
+        mcfg.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    for key, value in (("out", args.out), ("n_train", args.n_train), ("match_steps", args.steps),
+                       ("attack_steps", args.attack_steps), ("epochs", args.epochs), ("device", args.device)):
+        if value is not None:
+            if isinstance(value, int) and value < (0 if key.endswith("steps") else 1):
+                raise UsageError(f"--{key.replace('_', '-')} must be >= {0 if key.endswith('steps') else 1}, "
+                                 f"got {value}")
+            setattr(mcfg, key, value)
+    check_matrix_config(mcfg)
+    report = run_matrix(mcfg)
+    print(f"report: {report.resolve()}")
+    print(summary_text(report.parent / "nonrobust.json"))
     return 0

@@ -8,7 +8,15 @@ sample keeps label y, so whatever a model later learns from it can only come fro
   still *looks* like x0 but carries x's (non-robust) features;
 * robust set: g is a robust encoder and x' is unconstrained, so the features that survive are robust.
 
+"Non-robust features suffice" (Ilyas et al. 2019, section 3.2): targeted PGD on a *standard classifier*
+moves each x (label y) within an L2 ball until the classifier predicts a target t, and the new sample
+is labelled t; ``det``: t = (y + 1) mod C, ``rand``: t uniform over the classes. To a human the samples
+are mislabelled, yet a model trained on them classifies the real test set above chance: the only signal
+linking x' to t are the non-robust features the attack planted (:func:`build_targeted_dataset`).
+
 Every update goes through ``kernels.pgd.pgd_step`` (descent = ascent on the negated gradient).
+The driver that builds these sets from trained runs and trains every paradigm on them is
+``vidcsl.robustness.nonrobust_matrix`` (``vidcsl nonrobust``; docs/nonrobust.md).
 The dataset is saved as ``.npz`` (float16 pixels in [0, 1] + int64 labels) with a JSON provenance file.
 """
 
@@ -22,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -105,6 +114,82 @@ def build_feature_dataset(
             encoder, target, start, steps=steps, step_size=step_size, eps=None if robust else eps
         ).cpu()
     return out, labels.clone()
+
+
+TARGET_RULES = ("det", "rand")
+
+
+def targets_for(labels: torch.Tensor, num_classes: int, rule: str, seed: int = 0) -> torch.Tensor:
+    """Ilyas et al.'s targets: ``det`` t = (y + 1) mod C; ``rand`` t uniform over the C classes (seeded)."""
+    if rule not in TARGET_RULES:
+        raise ValueError(f"target rule must be one of {TARGET_RULES}, got {rule!r}")
+    if num_classes < 2:
+        raise ValueError(f"targets need at least 2 classes, got {num_classes}")
+    if rule == "det":
+        return (labels + 1) % num_classes
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, num_classes, labels.shape, generator=gen)
+
+
+def targeted_pgd(classifier: nn.Module, x: torch.Tensor, targets: torch.Tensor, *, eps: float = 0.5,
+                 step_size: float = 0.1, steps: int = 100, norm: str = "l2") -> torch.Tensor:
+    """x' within ``eps`` of ``x`` minimising CE(classifier(x'), targets) (targeted PGD, no random start).
+
+    The classifier's train/eval flags, buffers and ``requires_grad`` are restored afterwards.
+    """
+    from vidcsl.attacks.pgd import frozen_for_attack
+
+    if steps < 0 or not step_size > 0 or not eps >= 0:
+        raise ValueError(f"need steps >= 0, step_size > 0, eps >= 0; got {steps}, {step_size}, {eps}")
+    x0 = x.detach()
+    adv = x0.clone()
+    with frozen_for_attack(classifier, "eval"), torch.enable_grad():
+        for _ in range(steps):
+            adv.requires_grad_(True)
+            loss = F.cross_entropy(classifier(adv), targets)
+            (grad,) = torch.autograd.grad(loss, adv)
+            adv = pgd_step(adv.detach(), -grad, x0, step_size=step_size, eps=eps, norm=norm)
+    return adv.detach()
+
+
+def build_targeted_dataset(
+    classifier: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    num_classes: int,
+    *,
+    rule: str,
+    steps: int = 100,
+    step_size: float = 0.1,
+    eps: float = 0.5,
+    norm: str = "l2",
+    batch_size: int = 128,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """D_det (``rule="det"``) or D_rand (``"rand"``): each x moved towards its target t and relabelled t.
+
+    Returns ``(new_images, targets, hit)`` on the CPU; ``hit[i]`` says the classifier predicts t on x'
+    (Ilyas et al. keep every sample; the hit rate is reported as the attack's success).
+    """
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in length")
+    targets = targets_for(labels, num_classes, rule, seed)
+    classifier = classifier.to(device)
+    out = torch.empty_like(images)
+    hit = torch.zeros(images.shape[0], dtype=torch.bool)
+    for lo in tqdm(range(0, images.shape[0], batch_size), desc=f"D_{rule}", leave=False):
+        hi = min(lo + batch_size, images.shape[0])
+        t = targets[lo:hi].to(device)
+        adv = targeted_pgd(classifier, images[lo:hi].to(device), t, eps=eps, step_size=step_size, steps=steps,
+                           norm=norm)
+        with torch.no_grad():
+            was = classifier.training
+            classifier.eval()
+            hit[lo:hi] = (classifier(adv).argmax(1) == t).cpu()
+            classifier.train(was)
+        out[lo:hi] = adv.cpu()
+    return out, targets.clone(), hit
 
 
 def save_feature_dataset(

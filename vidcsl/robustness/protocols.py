@@ -200,7 +200,7 @@ def build_protocols(method: nn.Module, cfg: Any, checkpoint: Path, run_dir: Path
     others were skipped. A supervised run takes no probe settings (it is its own classifier)."""
     from vidcsl.train.probe import AdversarialBNEncoder
 
-    supervised = cfg.method.name == "supervised" and hasattr(method, "classifier")
+    supervised = getattr(method, "own_classifier", False) and hasattr(method, "classifier")
     if supervised and ecfg.probe:
         raise ConfigError(f"config key 'eval.probe' sets {ecfg.probe}, but {str(run_dir)!r} is a supervised run: "
                           "it is evaluated through its own classifier and trains no probe; remove them")

@@ -38,7 +38,6 @@ import yaml
 from tqdm import tqdm
 
 from vidcsl.errors import ConfigError, RunFolderError
-from vidcsl.report.tables import markdown_table, write_csv_rows
 from vidcsl.robustness.evaluate import EvalConfig, eval_config_from_dict, evaluate_run, load_eval
 from vidcsl.schema import bounded
 
@@ -359,6 +358,13 @@ def evaluate_variant(run_dir: Path, ecfg: EvalConfig) -> dict[str, Any]:
     return old if fresh else evaluate_run(run_dir, ecfg)
 
 
+def own_classifier(method: str) -> bool:
+    """Whether a method trains a classifier of its own (SL, SL-AT): evaluated as is, so no probe settings."""
+    from vidcsl.methods.base import method_class
+
+    return method_class(method).own_classifier
+
+
 def available(variant: str) -> bool:
     """Whether the variant's training method exists in this installation."""
     from vidcsl.methods.base import method_class
@@ -412,7 +418,7 @@ def plan_jobs(study: StudyConfig, eval_overrides: list[str] | tuple[str, ...] = 
                 if not checked:
                     base.check_attacks(cfg.data.kind not in IMAGE_KINDS)
                     checked = True
-                jobs.append(Job(t, v, seed, run_dir, cfg, for_run(base, cfg.method.name == "supervised")))
+                jobs.append(Job(t, v, seed, run_dir, cfg, for_run(base, own_classifier(cfg.method.name))))
     return jobs, notes
 
 
@@ -444,138 +450,3 @@ def run_study(study: StudyConfig, eval_overrides: list[str] | tuple[str, ...] = 
     from vidcsl.report.study_report import write_study_report
 
     return write_study_report(result, Path(study.runs_dir))
-
-
-# ------------------------------------------------------------------------------- non-robust features
-
-
-def _synthetic_bundle(cfg: Any, images: Any, labels: Any, mode: str, views: int) -> Any:
-    """The real dataset's bundle with the training split replaced by a synthetic one (same transforms).
-
-    Pixels are stored as uint8 for the image pipeline: rounding moves each pixel by at most 0.5/255.
-    """
-    import numpy as np
-    import torch
-    from torch.utils.data import Subset
-
-    from vidcsl.data.factory import build_datasets
-    from vidcsl.data.images import ImageDataset
-
-    bundle = build_datasets(cfg.data, mode, views=views, seed=cfg.train.seed)
-    train = bundle.train.dataset if isinstance(bundle.train, Subset) else bundle.train
-    arr = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    lab = np.asarray(labels, dtype=np.int64)
-    bundle.train = ImageDataset(arr, lab, transform=train.transform, two_views=train.two_views)
-    bundle.train_eval = ImageDataset(arr, lab, transform=None)
-    return bundle
-
-
-def _probe_on(run_dir: Path, bundle: Any, cfg: Any, device: Any, ecfg: EvalConfig) -> None:
-    """Linear probe of a CSL run on the synthetic training set (selected on the real validation split), with
-    the settings the evaluation asks for recorded, so ``evaluate`` uses it instead of training its own."""
-    from vidcsl.config import apply_overrides, config_from_dict, config_to_dict
-    from vidcsl.robustness.protocols import requested_settings
-    from vidcsl.train.checkpoint import load_trained_method, save_checkpoint
-    from vidcsl.train.logging import write_json
-    from vidcsl.train.probe import extract_features_of, train_linear_probe
-    from vidcsl.train.trainer import make_loader
-
-    method, _, _ = load_trained_method(run_dir, map_location=device)
-    probe_cfg = config_from_dict(apply_overrides(config_to_dict(cfg), ecfg.probe)).probe
-    bs = probe_cfg.batch_size
-
-    def feats(ds, desc):
-        return extract_features_of(method.encoder, make_loader(ds, bs), device, False, desc, cfg.train.progress)
-
-    train, val = feats(bundle.train_eval, "synthetic features"), feats(bundle.val, "val features")
-    result = train_linear_probe(train, val, bundle.num_classes, probe_cfg, device=device,
-                                progress=cfg.train.progress)
-    out = run_dir / "probe"
-    save_checkpoint(out / "classifier.pt", {"model": result.classifier.state_dict(),
-                                            "num_classes": bundle.num_classes, "feature_dim": train[0].shape[1]})
-    write_json(out / "probe.json", {"trained_on": "synthetic training set",
-                                    "settings": requested_settings(cfg, ecfg, "standard", False), **result.summary()})
-
-
-def nonrobust_study(run: str | os.PathLike, *, robust_run: str | os.PathLike | None = None,
-                    out_dir: str | os.PathLike | None = None, n_train: int = 1000, steps: int = 1000,
-                    step_size: float = 0.1, eps: float = 0.5, epochs: int | None = None,
-                    eval_settings: list[str] | tuple[str, ...] = (), device: str = "auto") -> Path:
-    """Build the non-robust (from ``run``) and robust (from ``robust_run``) sets, train SL and CSL on each,
-    evaluate on the real test set; writes ``nonrobust.json``, ``matrix.csv``, ``matrix.md``, ``report.md``."""
-    from vidcsl.config import apply_overrides, config_from_dict, config_to_dict, validate_config
-    from vidcsl.data.factory import build_datasets
-    from vidcsl.robustness.evaluate import load_tensors, select_device
-    from vidcsl.robustness.nonrobust import build_feature_dataset, load_feature_dataset, save_feature_dataset
-    from vidcsl.train.checkpoint import load_trained_method, resolve_checkpoint
-    from vidcsl.train.logging import write_json
-    from vidcsl.train.trainer import Trainer
-
-    if n_train < 2 or steps < 0 or not step_size > 0 or not eps > 0:
-        raise ValueError(f"need n_train >= 2, steps >= 0, step_size > 0, eps > 0; got {n_train}, {steps}, "
-                         f"{step_size}, {eps}")
-    dev = select_device(device)
-    ckpt = resolve_checkpoint(run)
-    _, cfg, _ = load_trained_method(ckpt)
-    if cfg.data.kind not in ("embedded_digits", "cifar10", "cifar100", "image_folder"):
-        raise ValueError(f"vidcsl nonrobust supports image datasets; run {str(run)!r} trained on {cfg.data.kind!r}")
-    out = Path(out_dir) if out_dir is not None else ckpt.parent.parent / "nonrobust"
-    ecfg = eval_config_from_dict({"device": str(dev)}, eval_settings)
-    real = build_datasets(cfg.data, "eval", seed=cfg.train.seed)
-    idx = list(range(min(n_train, len(real.train_eval))))
-    x, y = load_tensors(real.train_eval, idx, 256, desc="real training images", progress=True)
-    sources = {"nonrobust": (ckpt, False), "robust": (resolve_checkpoint(robust_run or run), True)}
-    matrix: dict[str, dict[str, Any]] = {}
-    for kind, (source, robust) in sources.items():
-        npz = out / f"{kind}.npz"
-        if not npz.is_file():
-            encoder = load_trained_method(source, map_location=dev)[0].encoder
-            new_x, new_y = build_feature_dataset(encoder, x, y, robust=robust, steps=steps, step_size=step_size,
-                                                 eps=eps, seed=cfg.train.seed, device=dev)
-            save_feature_dataset(npz, new_x, new_y, {
-                "kind": kind, "source_checkpoint": str(source), "dataset": cfg.data.kind, "n_train": len(idx),
-                "steps": steps, "step_size": step_size, "eps": None if robust else eps,
-                "objective": "min ||g(x') - g(x)||_2 from another training image (Ilyas et al. 2019)"})
-        images, labels, meta = load_feature_dataset(npz)
-        matrix[kind] = {"provenance": meta}
-        for paradigm, method in (("sl", "supervised"), ("csl", "simclr")):
-            extra = [f"method.name={method}", "fn.detector=none", "data.limit_train=null", "train.knn_every=-1",
-                     f"train.name={kind}_{paradigm}"]
-            if epochs is not None:
-                extra.append(f"train.epochs={epochs}")
-            extra += [f"train.device={dev}", f"train.batch_size={min(cfg.train.batch_size, len(idx))}",
-                      "train.accumulate=1"]
-            pcfg = config_from_dict(apply_overrides(config_to_dict(cfg), extra))
-            validate_config(pcfg)
-            run_dir = out / kind / paradigm
-            mode, views = ("supervised", 1) if method == "supervised" else ("contrastive", 2)
-            bundle = _synthetic_bundle(pcfg, images, labels, mode, views)
-            if not (run_dir / "metrics.json").is_file():
-                resume = (run_dir / "checkpoints" / "last.pt").is_file()
-                Trainer(pcfg, run_dir=run_dir, resume=resume, data=bundle).fit()
-                if method != "supervised":
-                    _probe_on(run_dir, bundle, pcfg, dev, ecfg)
-            ev = evaluate_variant(run_dir, for_run(ecfg, method == "supervised"))
-            matrix[kind][paradigm] = {"clean_acc": ev["clean_acc"], "robust": ev["robust"],
-                                      "eval_dir": str(run_dir / "eval")}
-    headline = [("linf", e) for e in ecfg.linf_eps_255 if e > 0][:1] + [("l2", e) for e in ecfg.l2_eps if e > 0][-1:]
-    headers = ["training set", *[f"{p} {c}" for p in ("SL", "CSL") for c in
-                                 ["clean", *[f"RA {n} {e:g}{'/255' if n == 'linf' else ''}" for n, e in headline]]]]
-    rows = []
-    for kind in matrix:
-        row = [kind]
-        for p in ("sl", "csl"):
-            cell = matrix[kind][p]
-            row += [cell["clean_acc"], *[robust_at({"robust": cell["robust"]}, n, e) for n, e in headline]]
-        rows.append(row)
-    write_json(out / "nonrobust.json", {"run": str(ckpt), "matrix": matrix, "headline": headline})
-    write_csv_rows(out / "matrix.csv", headers, rows)
-    table = markdown_table(headers, rows)
-    (out / "matrix.md").write_text(table + "\n")
-    (out / "report.md").write_text("\n".join([
-        "# Robust and non-robust feature datasets", "",
-        f"Non-robust set from `{sources['nonrobust'][0]}` (L2 ball {eps}), robust set from "
-        f"`{sources['robust'][0]}` (unconstrained); {len(idx)} training images, {steps} steps of {step_size}. "
-        "SL and CSL (+ linear probe on the same synthetic set) were trained on each and evaluated on the real "
-        f"test split ({ecfg.n_samples} samples). Numbers as measured.", "", table, ""]))
-    return out / "report.md"
