@@ -26,8 +26,7 @@ def plot_heatmap(values: Sequence[Sequence[float | None]], rows: Sequence[str], 
     if not rows or not columns:
         raise ValueError("heat-map needs at least one row and one column")
     grid = [[math.nan if v is None else float(v) for v in r] for r in values]
-    cmap = plt.get_cmap("viridis").copy()
-    cmap.set_bad("lightgrey")
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(columns), 1.0 + 0.5 * len(rows)))
     im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
     ax.set_xticks(range(len(columns)), labels=list(columns), rotation=30, ha="right")
