@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-nonrobust test lint bench clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -18,6 +18,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/vidcsl demo
+
+# Robust / non-robust feature matrix (docs/nonrobust.md): trains SL, SL-AT and CSL on the embedded digits,
+# builds D_NR / D_det / D_rand / D_R from them and trains SL, CSL, CSL+FN, BYOL on each (~1-3 min, 2 cores).
+demo-nonrobust: $(STAMP)
+	$(BIN)/vidcsl nonrobust configs/nonrobust_demo.yaml
 
 test: $(STAMP)
 	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 --timeout 900 tests

@@ -115,3 +115,20 @@ def test_registry_settings_and_config():
     cfg = load_config(CONFIGS / "digits_supervised_at.yaml")
     s = cls.read_settings(cfg)
     assert cfg.method.name == "supervised_at" and s.norm == "l2" and s.eps > 0 and s.steps >= 1
+
+
+def test_evaluated_as_its_own_classifier_like_supervised(tmp_path):
+    """The evaluation and the study treat supervised_at as an SL model: its own head, no probe settings."""
+    from vidcsl.robustness.evaluate import eval_config_from_dict
+    from vidcsl.robustness.protocols import build_protocols
+    from vidcsl.robustness.study import own_classifier
+
+    assert own_classifier("supervised_at") and own_classifier("supervised") and not own_classifier("simclr")
+    m = _method()
+    with pytest.raises(ConfigError, match="supervised run"):
+        build_protocols(m, m.cfg, tmp_path / "last.pt", tmp_path, eval_config_from_dict({"probe": ["probe.epochs=2"]}),
+                        False, torch.device("cpu"))
+    protocols, _ = build_protocols(m, m.cfg, tmp_path / "last.pt", tmp_path, eval_config_from_dict({}), False,
+                                   torch.device("cpu"))
+    x, _ = _batch()
+    torch.testing.assert_close(protocols["standard"].classifier(x), m.logits(x))

@@ -194,3 +194,12 @@ def test_help_documents_sources_and_the_refusal(capsys):
     for phrase in ("--robust-run", "--force", "exit status 2", "robust accuracy", "D_det", "D_rand", "D_NR",
                    "never built from a standard run", "supervised_at"):
         assert phrase in text, phrase
+
+
+def test_heatmap_writes_a_png_and_checks_its_shape(tmp_path):
+    from vidcsl.report.heatmap import plot_heatmap
+
+    path = plot_heatmap([[0.5, None], [0.1, 0.9]], ["a", "b"], ["x", "y"], tmp_path / "h.png", title="t")
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="2 rows of 2 values"):
+        plot_heatmap([[0.5, 0.2], [0.1]], ["a", "b"], ["x", "y"], tmp_path / "bad.png", title="t")

@@ -78,7 +78,7 @@ def write_nonrobust_report(result: dict[str, Any], out: str | Path) -> Path:
     st = result["settings"]
     src_rows = [[s["name"], s["method"], "robust (D_R)" if s["robust_source"] else "standard (D_NR, D_det, D_rand)",
                  s["clean_acc"], s["robust_acc"], s["how"]] for s in result["sources"]]
-    set_rows = [[row_label(s), s["provenance"].get("num_samples"), s["provenance"].get("mean_l2_from_real"),
+    set_rows = [[row_label(s), s["provenance"].get("num_samples"), s["provenance"].get("mean_l2_to_start"),
                  s["provenance"].get("target_hit_rate"), s["provenance"].get("label_changed"),
                  "reused" if s["provenance"].get("reused") else "built"] for s in result["sets"]]
     lines = [
@@ -96,7 +96,7 @@ def write_nonrobust_report(result: dict[str, Any], out: str | Path) -> Path:
         "", "## Sources", "",
         markdown_table(["source", "method", "role", "clean acc", f"robust acc ({ev})", "run"], src_rows), "",
         "## Synthetic sets", "",
-        markdown_table(["set <- source", "samples", "mean L2 to the real image", "attack hit rate",
+        markdown_table(["set <- source", "samples", "mean L2 from its starting image", "attack hit rate",
                         "label changed", "cache"], set_rows), "",
         "## Clean accuracy on the real test split (usefulness)", "",
         markdown_table(["set <- source", *targets], [[r, *v] for r, v in zip(rows, clean)]), "",

@@ -75,6 +75,16 @@ def match_features(
             p.requires_grad_(flag)
 
 
+def start_indices(n: int, seed: int) -> torch.Tensor:
+    """``order[i]``: the training input the sample built for target ``i`` starts from, never ``i`` itself
+    (a seeded random cyclic shift of a permutation: every input is used once as a start)."""
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(n, generator=gen)
+    order = torch.empty_like(perm)
+    order[perm] = perm.roll(1)
+    return order
+
+
 def build_feature_dataset(
     encoder: nn.Module,
     images: torch.Tensor,
@@ -97,13 +107,8 @@ def build_feature_dataset(
         raise ValueError(f"images ({images.shape[0]}) and labels ({labels.shape[0]}) differ in length")
     if images.shape[0] < 2:
         raise ValueError("need at least 2 training inputs to pick a different starting point")
-    gen = torch.Generator().manual_seed(seed)
     n = images.shape[0]
-    # A random derangement-ish pairing: shift a permutation so that start != target.
-    perm = torch.randperm(n, generator=gen)
-    starts = perm.roll(1)
-    order = torch.empty_like(perm)
-    order[perm] = starts  # order[i] = index of the start for target i, never i itself
+    order = start_indices(n, seed)
     encoder = encoder.to(device)
     out = torch.empty_like(images)
     for lo in tqdm(range(0, n, batch_size), desc="robust set" if robust else "non-robust set", leave=False):

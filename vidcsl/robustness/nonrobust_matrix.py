@@ -322,7 +322,7 @@ def _sha(path: Path) -> str:
 def load_source(src: Source, out: Path, mcfg: MatrixConfig, dev: torch.device, robust: bool) -> LoadedSource:
     from vidcsl.train.checkpoint import load_trained_method, resolve_checkpoint
 
-    run_dir, how = _train_source(src, out, mcfg)
+    run_dir, how = _train_source(src, out, mcfg)  # how: given / trained / resumed / kept
     ckpt = resolve_checkpoint(run_dir)
     method, cfg, _ = load_trained_method(ckpt, map_location=dev)
     return LoadedSource(src.name, ckpt, cfg, method, paradigm_of(cfg), robust=robust, how=how)
@@ -351,6 +351,7 @@ def build_set(kind: str, src: LoadedSource, x: torch.Tensor, y: torch.Tensor, nu
         build_targeted_dataset,
         load_feature_dataset,
         save_feature_dataset,
+        start_indices,
     )
 
     recipe = _recipe(kind, src, mcfg, dataset)
@@ -366,6 +367,7 @@ def build_set(kind: str, src: LoadedSource, x: torch.Tensor, y: torch.Tensor, nu
         new_x, new_y = build_feature_dataset(src.method.encoder, x, y, robust=kind == "r", steps=mcfg.match_steps,
                                              step_size=mcfg.match_step_size, eps=mcfg.nr_eps,
                                              batch_size=mcfg.batch_size, seed=mcfg.seed, device=dev)
+        start = x[start_indices(len(x), mcfg.seed)]
     else:
         new_x, new_y, hit = build_targeted_dataset(src.classifier, x, y, num_classes, rule=kind,
                                                    steps=mcfg.attack_steps, step_size=mcfg.attack_step_size,
@@ -373,7 +375,8 @@ def build_set(kind: str, src: LoadedSource, x: torch.Tensor, y: torch.Tensor, nu
                                                    device=dev)
         extra["target_hit_rate"] = float(hit.float().mean())
         extra["label_changed"] = float((new_y != y).float().mean())
-    extra["mean_l2_from_real"] = float((new_x - x).flatten(1).norm(dim=1).mean())
+        start = x
+    extra["mean_l2_to_start"] = float((new_x - start).flatten(1).norm(dim=1).mean())
     save_feature_dataset(path, new_x, new_y, {"recipe": recipe, **extra})
     images, labels, meta = load_feature_dataset(path)
     return images, labels, {**meta, "reused": False}
