@@ -108,7 +108,10 @@ def write_nonrobust_report(result: dict[str, Any], out: str | Path) -> Path:
         lines += ["## Notes", "", *[f"- {n}" for n in result["notes"]], ""]
     if pngs:
         lines += ["## Heat-maps", "", *[f"![{p.stem}]({p.name})" for p in pngs], ""]
-    lines += [f"Wall time {result['wall_s']:.0f} s on {result['device']}.", ""]
+    t = result.get("timing", {})
+    lines += [f"Wall time {result['wall_s']:.0f} s on {result['device']}"
+              + (f" (sources {t['sources_s']:.0f} s, building sets {t['sets_s']:.0f} s, training targets "
+                 f"{t['targets_s']:.0f} s, evaluating {t['eval_s']:.0f} s)" if t else "") + ".", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path
@@ -127,5 +130,7 @@ def summary_text(json_path: str | Path) -> str:
              markdown_table(["set <- source", *targets], [[r, *v] for r, v in zip(rows, robust)], digits=3),
              "", *sanity_lines(result), PAPER_LINE]
     parts += [f"note: {n}" for n in result["notes"]]
-    parts.append(f"wall time {result['wall_s']:.0f} s")
+    t = result.get("timing", {})
+    parts.append(f"wall time {result['wall_s']:.0f} s" + (f" (sources {t['sources_s']:.0f} s, sets {t['sets_s']:.0f} s, "
+                 f"targets {t['targets_s']:.0f} s, evaluation {t['eval_s']:.0f} s)" if t else ""))
     return "\n".join(parts)

@@ -466,6 +466,7 @@ def run_matrix(mcfg: MatrixConfig) -> Path:
     import time
 
     from vidcsl.config import config_to_dict, load_config
+    from vidcsl.methods.base import method_class
     from vidcsl.robustness.evaluate import select_device
     from vidcsl.train.logging import write_json
 
@@ -475,6 +476,8 @@ def run_matrix(mcfg: MatrixConfig) -> Path:
     out = Path(mcfg.out)
     out.mkdir(parents=True, exist_ok=True)
     notes: list[str] = []
+    timing = {"sources_s": 0.0, "sets_s": 0.0, "targets_s": 0.0, "eval_s": 0.0}
+    tick = time.perf_counter()
     sources = [load_source(s, out, mcfg, dev, robust=False) for s in mcfg.sources]
     robust = load_source(mcfg.robust_source, out, mcfg, dev, robust=True) if mcfg.robust_source else None
     first = sources[0].cfg
@@ -487,6 +490,7 @@ def run_matrix(mcfg: MatrixConfig) -> Path:
         s.classifier = classifier_of(s.method, s.cfg, real, mcfg, dev, out / "sources" / f"{s.name}.probe.pt",
                                      stamp=_sha(s.checkpoint))
         s.clean_acc, s.robust_acc = accuracies(s.classifier, xt, yt, mcfg, dev)
+    timing["sources_s"] = time.perf_counter() - tick
     eps_txt = f"{mcfg.eval_norm.upper()} eps {mcfg.eval_eps:g}{'/255' if mcfg.eval_norm == 'linf' else ''}"
     if "r" in mcfg.sets:
         if robust is None:
@@ -511,19 +515,23 @@ def run_matrix(mcfg: MatrixConfig) -> Path:
     sets, cells = [], []
     for kind, src in plan:
         key = f"{kind}_{src.name}"
+        tick = time.perf_counter()
         images, labels, meta = build_set(kind, src, x, y, real.num_classes, out / "sets" / f"{key}.npz", mcfg, dev,
                                          first.data.kind)
+        timing["sets_s"] += time.perf_counter() - tick
         sets.append({"key": key, "kind": kind, "label": SET_LABELS[kind], "source": src.name,
                      "source_paradigm": src.paradigm, "provenance": meta})
         for target in mcfg.targets:
+            tick = time.perf_counter()
             run_dir = out / "train" / key / target
             cfg = target_config(base, target, mcfg, run_dir, len(labels))
-            from vidcsl.methods.base import method_class
-
             cls = method_class(cfg.method.name)
             bundle = synthetic_bundle(cfg, images, labels, cls.data_mode, cls.views_for(cfg))
             model, how = train_target(cfg, bundle, run_dir, meta["sha256"], mcfg, dev)
+            timing["targets_s"] += time.perf_counter() - tick
+            tick = time.perf_counter()
             clean, rob = accuracies(model, xt, yt, mcfg, dev)
+            timing["eval_s"] += time.perf_counter() - tick
             cells.append({"set": key, "target": target, "clean_acc": clean, "robust_acc": rob, "how": how})
     sanity = []
     for st in sets:
@@ -544,7 +552,7 @@ def run_matrix(mcfg: MatrixConfig) -> Path:
                      "robust_source": s.robust, "clean_acc": s.clean_acc, "robust_acc": s.robust_acc, "how": s.how}
                     for s in sources + ([robust] if robust else [])],
         "sets": sets, "targets": list(mcfg.targets), "cells": cells, "sanity": sanity, "notes": notes,
-        "wall_s": time.perf_counter() - start,
+        "wall_s": time.perf_counter() - start, "timing": timing,
     }
     write_json(out / "nonrobust.json", result)
     from vidcsl.report.nonrobust_report import write_nonrobust_report
