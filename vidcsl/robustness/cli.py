@@ -61,7 +61,7 @@ def add_commands(subparsers: Any) -> None:
         "demo", help="the small study on the embedded digit images and videos (2-core CPU, < 10 min)",
         formatter_class=fmt,
         description="Run configs/study_demo.yaml (its comments say what it trains): SL and CSL on the embedded "
-        "digits with 5 seeds, the untrained-encoder reference and CSL+FN (label oracle) with 3, CSL+FN (top-k), "
+        "digits with 5 seeds, the untrained-encoder reference and CSL+FN (label oracle, top-k detector) with 3, "
         "SupCon, BYOL, CLAE and CLAE+FN with one, and SL / CSL on the embedded moving-digit videos at clip and "
         "video level; each model evaluated on the whole embedded test split. Prints where the report is, its main table and which questions this budget "
         "resolves. Rerunning reuses finished sub-runs (use --fresh to start over). See docs/study.md.")
