@@ -20,12 +20,13 @@ demo: $(STAMP)
 	$(BIN)/vidcsl demo
 
 # Robust / non-robust feature matrix (docs/nonrobust.md): trains SL, SL-AT and CSL on the embedded digits,
-# builds D_NR / D_det / D_rand / D_R from them and trains SL, CSL, CSL+FN, BYOL on each (~1-3 min, 2 cores).
+# builds D_NR / D_det / D_rand / D_R from them and trains SL, CSL, CSL+FN, BYOL on each (~2-5 min, 2 cores).
 demo-nonrobust: $(STAMP)
 	$(BIN)/vidcsl nonrobust configs/nonrobust_demo.yaml
 
+# Two test processes share the cores: idle OpenMP threads sleep instead of spinning (benchmarks/bench_contention.py).
 test: $(STAMP)
-	TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 --timeout 900 tests
+	OMP_WAIT_POLICY=PASSIVE TRITON_INTERPRET=1 $(BIN)/python -m pytest -n 2 --timeout 900 tests
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

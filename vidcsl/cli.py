@@ -6,13 +6,21 @@ wires them together, importing each lazily so ``vidcsl --help`` stays fast.
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import importlib
-import signal
-import sys
-import threading
-from collections.abc import Iterator
+import os
+
+# Idle OpenMP threads sleep instead of spinning, unless the user chose otherwise. Set before torch loads
+# libgomp (this module is the console script's first import). Beside another busy process, spinning threads
+# took the cores the working ones needed: one evaluation took 98 s instead of 12 s; alone, no measurable
+# cost (benchmarks/bench_contention.py).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import argparse  # noqa: E402
+import contextlib  # noqa: E402
+import importlib  # noqa: E402
+import signal  # noqa: E402
+import sys  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
 
 # Modules that register sub-commands, in the order they appear in --help.
 COMMAND_MODULES = (

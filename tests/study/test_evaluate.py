@@ -229,6 +229,13 @@ def test_run_report_renders_every_table_with_missing_values(tmp_path):
     assert "`adv_bn`: not measured (no dual BN)" in md and "centre clip" in md
     for name in ("accuracy.csv", "robust.csv", "corruptions.csv", "sanity.csv", "uniformity_hist.png"):
         assert (tmp_path / name).is_file(), name
+    assert "## Plots" in md
+
+    # A study's sub-runs: the same tables and report, no per-model PNGs and no links to them.
+    bare = tmp_path / "bare"
+    md = write_run_report(result, bare, plots=False).read_text()
+    assert "| standard | video | 5 | 0.6000 | n/a | n/a | n/a |" in md and "## Plots" not in md
+    assert (bare / "robust.csv").is_file() and not list(bare.glob("*.png"))
 
 
 # ---------------------------------------------------------------------------------------- end to end

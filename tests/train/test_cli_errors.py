@@ -100,3 +100,19 @@ def test_sigterm_outside_training_exits_3_in_one_line(monkeypatch, tmp_path, cap
     assert capsys.readouterr().err.strip() == (
         "vidcsl knn: stopped by SIGTERM; finished outputs are kept, rerun the command to continue")
     assert signal.getsignal(signal.SIGTERM) is not None  # the handler was put back
+
+
+@pytest.mark.parametrize("user_value", [None, "ACTIVE"])
+def test_cli_makes_idle_openmp_threads_sleep_unless_the_user_chose(user_value):
+    """The console script's first import sets OMP_WAIT_POLICY=PASSIVE before torch loads libgomp (spinning
+    threads beside a busy process made evaluation many times slower); a value the user set is kept."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if user_value:
+        env["OMP_WAIT_POLICY"] = user_value
+    code = "import sys, vidcsl.cli, os; print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", user_value or "PASSIVE"]  # set before torch was imported

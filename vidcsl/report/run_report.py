@@ -149,9 +149,12 @@ def _plots(result: dict[str, Any], out: Path) -> list[str]:
     return files
 
 
-def write_run_report(result: dict[str, Any], out: str | os.PathLike) -> Path:
+def write_run_report(result: dict[str, Any], out: str | os.PathLike, *, plots: bool = True) -> Path:
     """``eval.json``, ``accuracy.csv``, ``robust.csv``, ``corruptions.csv``, ``sanity.csv``,
-    ``representation.csv``, PNGs and ``report.md`` into ``out``."""
+    ``representation.csv``, PNGs (unless ``plots=False``) and ``report.md`` into ``out``.
+
+    A study passes ``plots=False`` for its sub-runs: its own report plots every model side by side, and
+    four PNGs per model cost about a second each on a small CPU."""
     from vidcsl.train.logging import write_json
 
     out = Path(out)
@@ -164,7 +167,7 @@ def write_run_report(result: dict[str, Any], out: str | os.PathLike) -> Path:
     write_csv_rows(out / "sanity.csv", SANITY_HEADERS, sanity_rows(result))
     rep = result["representation"]
     write_csv_rows(out / "representation.csv", ["metric", "value"], [[k, rep[k]] for k in REP_KEYS])
-    plots = _plots(result, out)
+    figures = _plots(result, out) if plots else []
     kind = "supervised model" if result["model_kind"] == "supervised" else "frozen encoder + linear probe"
     lines = [f"# Evaluation of `{result['run']}`", "",
              f"Method `{result['method']}` (FN detector `{result['fn_detector']}`), encoder `{result['encoder']}`, "
@@ -195,6 +198,7 @@ def write_run_report(result: dict[str, Any], out: str | os.PathLike) -> Path:
                   markdown_table(["precision", "recall"], [[det.get("precision"), det.get("recall")]]), ""]
     if result.get("notes"):
         lines += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
-    lines += ["## Plots", ""] + [f"![{p}]({p})" for p in plots] + [""]
+    if figures:
+        lines += ["## Plots", ""] + [f"![{p}]({p})" for p in figures] + [""]
     (out / "report.md").write_text("\n".join(lines))
     return out / "report.md"

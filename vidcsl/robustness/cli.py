@@ -60,10 +60,10 @@ def add_commands(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "demo", help="the small study on the embedded digit images and videos (2-core CPU, < 10 min)",
         formatter_class=fmt,
-        description="Run configs/study_demo.yaml (its comments say what it trains): SL, CSL, CSL+FN and the "
-        "untrained-encoder reference on the embedded digits with several seeds, other paradigms with fewer, and "
-        "SL / CSL on the embedded moving-digit videos at clip and video level; each model evaluated on the whole "
-        "embedded test split. Prints where the report is, its main table and which questions this budget "
+        description="Run configs/study_demo.yaml (its comments say what it trains): SL and CSL on the embedded "
+        "digits with 5 seeds, the untrained-encoder reference and CSL+FN (label oracle, top-k detector) with 3, "
+        "SupCon, BYOL, CLAE and CLAE+FN with one, and SL / CSL on the embedded moving-digit videos at clip and "
+        "video level; each model evaluated on the whole embedded test split. Prints where the report is, its main table and which questions this budget "
         "resolves. Rerunning reuses finished sub-runs (use --fresh to start over). See docs/study.md.")
     p.add_argument("--runs-dir", default=None, help="where the sub-runs and the report go (default: runs/demo)")
     p.add_argument("--fresh", action="store_true", help="delete the demo folder first")
@@ -133,14 +133,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _print_report(report: Path) -> None:
-    from vidcsl.report.study_report import load_study, main_table
+    from vidcsl.report.study_report import fmt_interval, load_study, main_table
 
     data = load_study(report.parent / "study.json")
     print(f"\nreport: {report.resolve()}")
     for t in data["tracks"]:
         print(f"\n[{t['track']}]\n{main_table(t)}")
-        for q in t["questions"]:
-            print(f"- {q['question']} {q['answer']}")
+        for q in t["questions"]:  # the same question can be asked under several protocols / levels
+            print(f"- {q['question']} [{q['where']}] {q['answer']}: {fmt_interval(q['interval'], bold_resolved=False)}")
 
 
 def _run_study_file(path: str, overrides: list[str], eval_settings: list[str]) -> int:

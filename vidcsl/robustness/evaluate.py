@@ -354,9 +354,10 @@ def detector_stats(run_dir: Path) -> dict[str, float] | None:
 
 
 def evaluate_run(run_or_checkpoint: str | os.PathLike, ecfg: EvalConfig | None = None, *,
-                 out_dir: str | os.PathLike | None = None, write_report: bool = True) -> dict[str, Any]:
-    """Measure everything for one run; write ``eval.json`` and ``outcomes.npz`` (+ tables, plots, report.md)
-    and return the ``eval.json`` dict."""
+                 out_dir: str | os.PathLike | None = None, write_report: bool = True,
+                 plots: bool = True) -> dict[str, Any]:
+    """Measure everything for one run; write ``eval.json`` and ``outcomes.npz`` (+ tables, report.md and,
+    with ``plots``, PNGs) and return the ``eval.json`` dict."""
     from vidcsl.robustness.measures import RepresentationAccumulator, run_measures
     from vidcsl.robustness.protocols import build_protocols
 
@@ -394,7 +395,7 @@ def evaluate_run(run_or_checkpoint: str | os.PathLike, ecfg: EvalConfig | None =
     if write_report:
         from vidcsl.report.run_report import write_run_report
 
-        write_run_report(result, out)
+        write_run_report(result, out, plots=plots)
     else:
         from vidcsl.train.logging import write_json
 

@@ -355,7 +355,7 @@ def evaluate_variant(run_dir: Path, ecfg: EvalConfig) -> dict[str, Any]:
     ckpt = run_dir / CHECKPOINT_DIR / LAST
     fresh = old is not None and old.get("eval_fingerprint") == ecfg.fingerprint() and \
         (run_dir / "eval" / "eval.json").stat().st_mtime >= ckpt.stat().st_mtime
-    return old if fresh else evaluate_run(run_dir, ecfg)
+    return old if fresh else evaluate_run(run_dir, ecfg, plots=False)  # the study report plots every model
 
 
 def own_classifier(method: str) -> bool:
