@@ -198,9 +198,11 @@ def build_protocols(method: nn.Module, cfg: Any, checkpoint: Path, run_dir: Path
                     device: torch.device) -> tuple[dict[str, Protocol], dict[str, str]]:
     """The classifiers of every protocol ``ecfg.protocols`` asks for that applies to the run, and why the
     others were skipped. A supervised run takes no probe settings (it is its own classifier)."""
+    from vidcsl.methods.base import method_class
     from vidcsl.train.probe import AdversarialBNEncoder
 
-    supervised = getattr(method, "own_classifier", False) and hasattr(method, "classifier")
+    # SL and SL-AT (supervised_at): a classifier of their own, evaluated as is
+    supervised = method_class(cfg.method.name).own_classifier and hasattr(method, "classifier")
     if supervised and ecfg.probe:
         raise ConfigError(f"config key 'eval.probe' sets {ecfg.probe}, but {str(run_dir)!r} is a supervised run: "
                           "it is evaluated through its own classifier and trains no probe; remove them")
