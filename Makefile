@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/vidcsl demo
 
 # Robust / non-robust feature matrix (docs/nonrobust.md): trains SL, SL-AT and CSL on the embedded digits,
-# builds D_NR / D_det / D_rand / D_R from them and trains SL, CSL, CSL+FN, BYOL on each (~2-5 min, 2 cores).
+# builds D_NR / D_det / D_rand / D_R from them and trains SL, CSL, CSL+FN, BYOL on each (~2 min on 2 idle cores).
 demo-nonrobust: $(STAMP)
 	$(BIN)/vidcsl nonrobust configs/nonrobust_demo.yaml
 
