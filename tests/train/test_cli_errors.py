@@ -116,3 +116,25 @@ def test_cli_makes_idle_openmp_threads_sleep_unless_the_user_chose(user_value):
     code = "import sys, vidcsl.cli, os; print('torch' in sys.modules, os.environ['OMP_WAIT_POLICY'])"
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", user_value or "PASSIVE"]  # set before torch was imported
+
+
+@pytest.mark.parametrize("config, method", [("digits_simclr.yaml", "supervised"),
+                                            ("digits_supervised_at.yaml", "supervised_at")])
+def test_supervise_keeps_a_config_that_already_trains_a_classifier(monkeypatch, config, method):
+    """`vidcsl supervise` turns a contrastive config into its cross-entropy baseline, but must not silently
+    replace adversarial training (supervised_at) by plain cross-entropy."""
+    from pathlib import Path
+
+    import vidcsl.train.cli as train_cli
+    from vidcsl.config import load_config
+
+    seen = {}
+
+    def fake_run(args, extra=()):
+        seen["method"] = load_config(args.config, [*args.overrides, *extra]).method.name
+        return 0
+
+    monkeypatch.setattr(train_cli, "_run_training", fake_run)
+    path = Path(__file__).resolve().parents[2] / "configs" / config
+    assert main(["supervise", str(path)]) == 0
+    assert seen["method"] == method

@@ -1,4 +1,4 @@
-"""Robust and non-robust feature datasets (Ilyas et al. 2019; Li et al. 2023; SPEC §5).
+"""Robust and non-robust feature datasets (Ilyas et al. 2019; Li et al. 2023; docs/nonrobust.md).
 
 For each training pair (x, y) we start from *another* training input x0 and move it, by normalised L2
 gradient steps, until the encoder g can no longer tell it from x: minimise ||g(x') - g(x)||_2. The new

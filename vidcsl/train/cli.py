@@ -115,7 +115,14 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 
 def _cmd_supervise(args: argparse.Namespace) -> int:
-    return _run_training(args, ("method.name=supervised",))
+    """The config's supervised baseline: its own method when that already trains a classifier (e.g.
+    ``supervised_at``, which plain cross-entropy would silently replace), else ``supervised``."""
+    from vidcsl.config import load_config
+    from vidcsl.methods.base import method_class
+
+    cfg = load_config(args.config, args.overrides)
+    keep = method_class(cfg.method.name).own_classifier
+    return _run_training(args, () if keep else ("method.name=supervised",))
 
 
 def _cmd_probe(args: argparse.Namespace) -> int:
