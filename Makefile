@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_loader.py --small
 	$(BIN)/python benchmarks/bench_attack.py --small
 	$(BIN)/python benchmarks/bench_train.py --small
+	$(BIN)/python benchmarks/bench_contention.py --small
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
