@@ -203,3 +203,21 @@ def test_heatmap_writes_a_png_and_checks_its_shape(tmp_path):
     assert path.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="2 rows of 2 values"):
         plot_heatmap([[0.5, 0.2], [0.1]], ["a", "b"], ["x", "y"], tmp_path / "bad.png", title="t")
+
+
+@pytest.mark.parametrize("name", ["nonrobust_demo", "nonrobust_cifar10_resnet18"])
+def test_shipped_matrix_configs_load_with_their_sources(name):
+    """Every shipped matrix YAML passes its own checks, and every source and the targets' recipe is a
+    training config that loads (dataset folders absent here are not checked); the robust source trains
+    adversarially."""
+    from vidcsl.config import load_config
+    from vidcsl.robustness.nonrobust_matrix import check_matrix_config, load_matrix_config
+
+    path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    mcfg = load_matrix_config(path)
+    check_matrix_config(mcfg)
+    methods = {s.name: load_config(s.config, [*s.overrides], check_paths=False).method.name
+               for s in [*mcfg.sources, mcfg.robust_source]}
+    assert methods[mcfg.robust_source.name] == "supervised_at"
+    assert methods["sl"] == "supervised" and methods["csl"] == "simclr"
+    load_config(mcfg.target_config, [*mcfg.target_overrides], check_paths=False)

@@ -82,7 +82,8 @@ def test_round_trip_through_plain_dict():
 
 TRAINING_CONFIGS = ["digits_simclr", "digits_supervised", "digits_simclr_fn", "video_simclr", "video_supervised",
                     "cifar10_resnet18_simclr", "cifar10_resnet18_supervised", "cifar10_resnet18_supcon",
-                    "ucf101_r3d18_simclr", "ucf101_r3d18_supervised", "hmdb51_probe"]
+                    "ucf101_r3d18_simclr", "ucf101_r3d18_supervised", "hmdb51_probe", "digits_supervised_at",
+                    "cifar10_resnet18_supervised_at"]
 
 
 @pytest.mark.parametrize("name", TRAINING_CONFIGS)
