@@ -63,8 +63,9 @@ def add_commands(subparsers: Any) -> None:
         description="Run configs/study_demo.yaml (its comments say what it trains): SL and CSL on the embedded "
         "digits with 5 seeds, the untrained-encoder reference and CSL+FN (label oracle, top-k detector) with 3, "
         "SupCon, BYOL, CLAE and CLAE+FN with one, and SL / CSL on the embedded moving-digit videos at clip and "
-        "video level; each model evaluated on the whole embedded test split. Prints where the report is, its main table and which questions this budget "
-        "resolves. Rerunning reuses finished sub-runs (use --fresh to start over). See docs/study.md.")
+        "video level; each model evaluated on the whole embedded test split. Prints where the report is, its "
+        "main table and which questions this budget resolves. Rerunning reuses finished sub-runs (use --fresh "
+        "to start over). See docs/study.md.")
     p.add_argument("--runs-dir", default=None, help="where the sub-runs and the report go (default: runs/demo)")
     p.add_argument("--fresh", action="store_true", help="delete the demo folder first")
     p.add_argument("--config", default=None, help=f"study YAML to run instead of configs/{DEMO_CONFIG}")
