@@ -10,8 +10,8 @@ import os
 
 # Idle OpenMP threads sleep instead of spinning, unless the user chose otherwise. Set before torch loads
 # libgomp (this module is the console script's first import). Beside another busy process, spinning threads
-# took the cores the working ones needed: one evaluation took 98 s instead of 12 s; alone, no measurable
-# cost (benchmarks/bench_contention.py).
+# take the cores the working ones need: benchmarks/bench_contention.py measured PGD on the small CNN 2.6x
+# faster with PASSIVE beside a busy process, and no slower alone.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse  # noqa: E402

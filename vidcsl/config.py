@@ -183,18 +183,26 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] | tuple[str
     return cfg
 
 
-def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """Read a YAML mapping, merging it over its ``base:`` file if it names one."""
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds (empty file: ``{}``). ``what`` names the file in the error, e.g.
+    ``"study config 'x.yaml'"``: a missing file, invalid YAML or a non-mapping is a :class:`ConfigError`."""
+    path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
-    if path.resolve() in _seen:
-        raise ConfigError(f"config file {str(path)!r} includes itself through 'base'")
+        raise ConfigError(f"{what} does not exist")
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {err}") from None
+        raise ConfigError(f"{what} is not valid YAML: {err}") from None
     if not isinstance(raw, dict):
-        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, got {type(raw).__name__}")
+        raise ConfigError(f"{what} must hold a mapping, got {type(raw).__name__}")
+    return raw
+
+
+def read_yaml_with_base(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a YAML mapping, merging it over its ``base:`` file if it names one."""
+    if path.resolve() in _seen:
+        raise ConfigError(f"config file {str(path)!r} includes itself through 'base'")
+    raw = read_yaml_mapping(path, f"config file {str(path)!r}")
     base = raw.pop("base", None)
     if base is None:
         return raw

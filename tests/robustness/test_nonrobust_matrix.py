@@ -72,6 +72,10 @@ def test_non_robust_set_stays_in_the_ball_around_another_image_and_robust_set_do
     moved = (r - x[start]).flatten(1).norm(dim=1)
     assert (moved > 0.4 + 1e-3).any()  # unconstrained: leaves the ball the non-robust set is held in
 
+    # nr_eps = None is Ilyas et al.'s D_NR: the very matching of D_R, only through this (standard) encoder
+    paper, _ = build_feature_dataset(g, x, y, robust=False, steps=30, step_size=0.3, eps=None, seed=2)
+    assert torch.equal(paper, r)
+
 
 def test_chance_check():
     c = chance_check(0.2, 10, 400)
@@ -220,4 +224,6 @@ def test_shipped_matrix_configs_load_with_their_sources(name):
                for s in [*mcfg.sources, mcfg.robust_source]}
     assert methods[mcfg.robust_source.name] == "supervised_at"
     assert methods["sl"] == "supervised" and methods["csl"] == "simclr"
+    if name == "nonrobust_cifar10_resnet18":  # the paper-scale matrix builds D_NR as Ilyas et al.: no ball
+        assert mcfg.nr_eps is None
     load_config(mcfg.target_config, [*mcfg.target_overrides], check_paths=False)

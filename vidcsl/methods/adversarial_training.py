@@ -58,11 +58,7 @@ class SupervisedAT(Supervised):
                    random_start=s.random_start, mode=s.attack_mode)
 
     def training_step(self, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
-        views, y = self.split_batch(batch)
-        if y is None:
-            raise ValueError("method 'supervised_at' needs class labels, but the batch has none")
-        x = torch.cat(views)
-        target = y.repeat(len(views))
+        x, target = self.labelled_inputs(batch)
         x_adv = self.adversarial(x, target)
         s = self.settings
         logits_adv = self.logits(x_adv).float()

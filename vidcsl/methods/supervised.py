@@ -48,12 +48,15 @@ class Supervised(Method):
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.encoder(x))
 
-    def training_step(self, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+    def labelled_inputs(self, batch: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every view of the batch stacked into one input, each row with its class label."""
         views, y = self.split_batch(batch)
         if y is None:
-            raise ValueError("method 'supervised' needs class labels, but the batch has none")
-        x = torch.cat(views)
-        target = y.repeat(len(views))
+            raise ValueError(f"method {self.name!r} needs class labels, but the batch has none")
+        return torch.cat(views), y.repeat(len(views))
+
+    def training_step(self, batch: Any, ctx: StepContext) -> tuple[torch.Tensor, dict[str, float]]:
+        x, target = self.labelled_inputs(batch)
         logits = self.logits(x).float()
         loss = F.cross_entropy(logits, target, label_smoothing=self.settings.label_smoothing)
         acc = (logits.argmax(1) == target).float().mean().item()

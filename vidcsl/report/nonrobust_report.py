@@ -76,6 +76,7 @@ def write_nonrobust_report(result: dict[str, Any], out: str | Path) -> Path:
         pngs.append(plot_heatmap(robust, rows, targets, out / "heatmap_robust.png", reference=chance,
                                  title=f"robust accuracy ({ev})"))
     st = result["settings"]
+    nr_ball = "unconstrained, as Ilyas et al." if st["nr_eps"] is None else f"within L2 {st['nr_eps']:g}"
     src_rows = [[s["name"], s["method"], "robust (D_R)" if s["robust_source"] else "standard (D_NR, D_det, D_rand)",
                  s["clean_acc"], s["robust_acc"], s["how"]] for s in result["sources"]]
     set_rows = [[row_label(s), s["provenance"].get("num_samples"), s["provenance"].get("mean_l2_to_start"),
@@ -89,7 +90,7 @@ def write_nonrobust_report(result: dict[str, Any], out: str | Path) -> Path:
         f"{chance:.3f}); robust accuracy is PGD-{result['eval']['steps']} at {ev}. Numbers as measured at this "
         "budget, nothing more.", "",
         f"Sets from {st['n_train']} real training images each: D_R / D_NR {st['match_steps']} matching steps of "
-        f"{st['match_step_size']:g} (D_NR within L2 {st['nr_eps']:g}); D_det / D_rand targeted L2 PGD "
+        f"{st['match_step_size']:g} (D_NR {nr_ball}); D_det / D_rand targeted L2 PGD "
         f"{st['attack_steps']} x {st['attack_step_size']:g} within {st['attack_eps']:g}. Targets trained with one "
         "shared recipe" + ('' if st['epochs'] is None else f" ({st['epochs']} epochs)") + "; non-SL targets "
         "read out by a linear probe fitted on the same synthetic set (epoch chosen on the real validation split).",

@@ -103,22 +103,12 @@ def _study_description() -> str:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     """User errors (:class:`vidcsl.errors.VidcslError`) reach ``vidcsl.cli.main``, which prints them as one
     line; anything else keeps its traceback."""
-    import yaml
-
-    from vidcsl.errors import ConfigError
+    from vidcsl.config import read_yaml_mapping
     from vidcsl.robustness.evaluate import eval_config_from_dict, evaluate_run
 
     raw = {}
     if args.config:
-        path = Path(args.config)
-        if not path.is_file():
-            raise ConfigError(f"evaluation config {args.config!r} does not exist")
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"evaluation config {args.config!r} is not valid YAML: {err}") from None
-        if not isinstance(raw, dict):
-            raise ConfigError(f"evaluation config {args.config!r} must hold a mapping")
+        raw = read_yaml_mapping(args.config, f"evaluation config {args.config!r}")
         raw = raw.get("eval", raw)
     if args.device:
         raw["device"] = args.device
@@ -206,7 +196,6 @@ def _cmd_nonrobust(args: argparse.Namespace) -> int:
     from vidcsl.report.nonrobust_report import summary_text
     from vidcsl.robustness.nonrobust_matrix import (
         Source,
-        check_matrix_config,
         load_matrix_config,
         matrix_config_for_run,
         run_matrix,
@@ -228,12 +217,8 @@ def _cmd_nonrobust(args: argparse.Namespace) -> int:
     for key, value in (("out", args.out), ("n_train", args.n_train), ("match_steps", args.steps),
                        ("attack_steps", args.attack_steps), ("epochs", args.epochs), ("device", args.device)):
         if value is not None:
-            if isinstance(value, int) and value < (0 if key.endswith("steps") else 1):
-                raise UsageError(f"--{key.replace('_', '-')} must be >= {0 if key.endswith('steps') else 1}, "
-                                 f"got {value}")
             setattr(mcfg, key, value)
-    check_matrix_config(mcfg)
-    report = run_matrix(mcfg)
+    report = run_matrix(mcfg)  # checks every setting, the flags' values included, before anything runs
     print(f"report: {report.resolve()}")
     print(summary_text(report.parent / "nonrobust.json"))
     return 0

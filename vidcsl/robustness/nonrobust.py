@@ -93,12 +93,13 @@ def build_feature_dataset(
     robust: bool,
     steps: int = 1000,
     step_size: float = 0.1,
-    eps: float = 0.5,
+    eps: float | None = 0.5,
     batch_size: int = 128,
     seed: int = 0,
     device: str | torch.device = "cpu",
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Build the robust (``robust=True``: no constraint) or non-robust (L2 ``eps`` ball) dataset.
+    """Build the robust (``robust=True``: no constraint) or non-robust (L2 ``eps`` ball; ``None``: no ball,
+    as Ilyas et al. build it) dataset.
 
     ``images`` are float pixels in [0, 1] (images or clips, batch first). Each x is paired with a
     random *other* training input as starting point; returns ``(new_images, labels)`` on the CPU.

@@ -40,11 +40,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from vidcsl.errors import ConfigError, UsageError
-from vidcsl.schema import bounded, choices
+from vidcsl.schema import bounded, check_fields, choices
 
 SET_KINDS = ("nr", "r", "det", "rand")
 SET_LABELS = {"nr": "D_NR", "r": "D_R", "det": "D_det", "rand": "D_rand"}
@@ -83,7 +82,9 @@ class MatrixConfig:
     n_train: int = bounded(1000, ge=2)  # real training images each set is built from
     match_steps: int = bounded(1000, ge=0)  # D_R / D_NR: normalised L2 steps (Ilyas et al.: 1000 x 0.1)
     match_step_size: float = bounded(0.1, gt=0)
-    nr_eps: float = bounded(0.5, gt=0)  # L2 ball of D_NR around the starting image
+    # L2 ball of D_NR around its starting image: this project's variant, which keeps x' looking like x0;
+    # None = Ilyas et al.'s D_NR, the same unconstrained matching as D_R through a standard encoder
+    nr_eps: float | None = bounded(0.5, gt=0)
     attack_steps: int = bounded(100, ge=0)  # D_det / D_rand: targeted L2 PGD (Ilyas et al.: 100 x 0.1, eps 0.5)
     attack_step_size: float = bounded(0.1, gt=0)
     attack_eps: float = bounded(0.5, gt=0)
@@ -109,19 +110,11 @@ class MatrixConfig:
 
 def load_matrix_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> MatrixConfig:
     """Read and check a matrix YAML (``key=value`` overrides apply to its top level)."""
-    from vidcsl.config import _build, apply_overrides
+    from vidcsl.config import _build, apply_overrides, read_yaml_mapping
 
     path = Path(path)
     where = f"nonrobust config {str(path)!r}"
-    if not path.is_file():
-        raise ConfigError(f"{where} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must hold a mapping")
-    raw = apply_overrides(raw, list(overrides))
+    raw = apply_overrides(read_yaml_mapping(path, where), list(overrides))
     sources, robust = raw.pop("sources", None), raw.pop("robust_source", None)
     if not isinstance(sources, dict) or not sources:
         raise ConfigError(f"{where}: 'sources' must map names to {{run: ...}} or {{config: ..., overrides: [...]}}")
@@ -175,10 +168,7 @@ def check_matrix_config(cfg: MatrixConfig) -> None:
             raise ConfigError(f"nonrobust key 'targets': {err} (or csl_fn)") from None
         if spec.untrained:
             raise ConfigError(f"nonrobust key 'targets': {t!r} trains nothing")
-    for key, low in (("n_train", 2), ("match_steps", 0), ("attack_steps", 0), ("epochs", 1)):
-        value = getattr(cfg, key)
-        if value is not None and (not isinstance(value, int) or value < low):
-            raise ConfigError(f"nonrobust key '{key}' must be an integer >= {low}, got {value!r}")
+    check_fields(cfg, "nonrobust")  # every field's domain again: command-line flags are set after loading
     names = [s.name for s in cfg.sources] + ([cfg.robust_source.name] if cfg.robust_source else [])
     if not cfg.sources:
         raise ConfigError("nonrobust: at least one standard source is needed")
@@ -201,6 +191,7 @@ class LoadedSource:
     cfg: Any
     method: nn.Module
     paradigm: str  # the target name of the paradigm that trained it (sl, csl, csl_fn, byol, ...)
+    sha256: str  # of the checkpoint: read once, stamps the cached probe and every set built from it
     robust: bool = False
     classifier: nn.Module | None = None
     clean_acc: float | None = None
@@ -325,7 +316,7 @@ def load_source(src: Source, out: Path, mcfg: MatrixConfig, dev: torch.device, r
     run_dir, how = _train_source(src, out, mcfg)  # how: given / trained / resumed / kept
     ckpt = resolve_checkpoint(run_dir)
     method, cfg, _ = load_trained_method(ckpt, map_location=dev)
-    return LoadedSource(src.name, ckpt, cfg, method, paradigm_of(cfg), robust=robust, how=how)
+    return LoadedSource(src.name, ckpt, cfg, method, paradigm_of(cfg), _sha(ckpt), robust=robust, how=how)
 
 
 # ---------------------------------------------------------------------------------------------- sets
@@ -333,7 +324,7 @@ def load_source(src: Source, out: Path, mcfg: MatrixConfig, dev: torch.device, r
 
 def _recipe(kind: str, src: LoadedSource, mcfg: MatrixConfig, dataset: str) -> dict[str, Any]:
     common = {"kind": kind, "source": src.name, "source_checkpoint": str(src.checkpoint),
-              "source_sha256": _sha(src.checkpoint), "dataset": dataset, "n_train": mcfg.n_train, "seed": mcfg.seed}
+              "source_sha256": src.sha256, "dataset": dataset, "n_train": mcfg.n_train, "seed": mcfg.seed}
     if kind in ("nr", "r"):
         return {**common, "steps": mcfg.match_steps, "step_size": mcfg.match_step_size,
                 "eps": mcfg.nr_eps if kind == "nr" else None,
@@ -488,7 +479,7 @@ def run_matrix(mcfg: MatrixConfig) -> Path:
                              f"source {sources[0].name!r} on {first.data.kind} at {first.data.image_size} px: "
                              "every source must share the dataset")
         s.classifier = classifier_of(s.method, s.cfg, real, mcfg, dev, out / "sources" / f"{s.name}.probe.pt",
-                                     stamp=_sha(s.checkpoint))
+                                     stamp=s.sha256)
         s.clean_acc, s.robust_acc = accuracies(s.classifier, xt, yt, mcfg, dev)
     timing["sources_s"] = time.perf_counter() - tick
     eps_txt = f"{mcfg.eval_norm.upper()} eps {mcfg.eval_eps:g}{'/255' if mcfg.eval_norm == 'linf' else ''}"

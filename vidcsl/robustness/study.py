@@ -150,19 +150,11 @@ def _unique(values: list[Any], key: str) -> None:
 
 def load_study_config(path: str | os.PathLike, overrides: list[str] | tuple[str, ...] = ()) -> StudyConfig:
     """Read and check a study YAML (``key=value`` overrides apply to its top level, e.g. ``runs_dir=x``)."""
-    from vidcsl.config import _build, apply_overrides
+    from vidcsl.config import _build, apply_overrides, read_yaml_mapping
 
     path = Path(path)
     where = f"study config {str(path)!r}"
-    if not path.is_file():
-        raise ConfigError(f"{where} does not exist")
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{where} is not valid YAML: {err}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must hold a mapping")
-    raw = apply_overrides(raw, overrides)
+    raw = apply_overrides(read_yaml_mapping(path, where), overrides)
     tracks = raw.pop("tracks", None)
     if not isinstance(tracks, list) or not tracks:
         raise ConfigError(f"{where}: 'tracks' must be a non-empty list")
